@@ -1,0 +1,2 @@
+"""Data: TFDS data sources, grain pipelines, preprocessing, augmentation, tokenizer."""
+__all__ = ["sources"]

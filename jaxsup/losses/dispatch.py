@@ -11,6 +11,8 @@ from typing import Any, Callable, Mapping
 
 from pallas_kernels.backend import BackendUnavailableError
 
+log = logging.getLogger("jaxsup")
+
 IMPLS = ("reference", "chunked", "pallas")
 
 _warned: set[str] = set()
@@ -47,5 +49,5 @@ def run_impl(
             ) from err
         if name not in _warned:
             _warned.add(name)
-            logging.warning("%s: impl=%r unavailable (%s); using 'chunked'.", name, impl, err)
+            log.warning("%s: impl=%r unavailable (%s); using 'chunked'.", name, impl, err)
         return impls["chunked"]()

@@ -1,0 +1,2 @@
+"""Training objectives. Importing a module listed in __all__ registers its tasks."""
+__all__ = ["supervised"]

@@ -1,0 +1,246 @@
+"""Orbax checkpoints: save every N steps, keep N, async; restore onto the current
+mesh; restore a sub-tree (e.g. a teacher's params) from another run.
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`; `state` is the TrainState
+pytree, `meta` a JSON dict (the data-iterator position, the config).
+Restores are checked against the target first, so a checkpoint from another
+model fails with the mismatched keys and shapes named, before anything loads.
+A run never deletes checkpoints other than by keep-N rotation after a
+successful save, and a step that already exists is never written again.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxsup.sharding import path_str
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not match what restores it."""
+
+
+def checkpoint_dir(workdir_or_path: str) -> str:
+    """`<workdir>/checkpoints` if it exists there, else the path itself."""
+    sub = os.path.join(workdir_or_path, CHECKPOINT_DIR)
+    return sub if os.path.isdir(sub) else workdir_or_path
+
+
+def abstract_tree(tree: Any, shardings: Any | None = None) -> Any:
+    """ShapeDtypeStructs of `tree` (with the given shardings) to restore into."""
+    if shardings is None:
+        return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(p): leaf for p, leaf in leaves}
+
+
+def _params_first(key: str) -> tuple[bool, str]:
+    return (not key.startswith("params"), key)
+
+
+def check_compatible(saved: Any, target: Any, where: str, partial: bool = False) -> None:
+    """Raises CheckpointError naming missing/unexpected keys and shape mismatches."""
+    saved_flat, target_flat = _flat(saved), _flat(target)
+    missing = sorted(set(target_flat) - set(saved_flat), key=_params_first)
+    extra = [] if partial else sorted(set(saved_flat) - set(target_flat), key=_params_first)
+    shapes = [
+        f"{k}: checkpoint {tuple(saved_flat[k].shape)} vs model {tuple(target_flat[k].shape)}"
+        for k in sorted(set(saved_flat) & set(target_flat), key=_params_first)
+        if tuple(saved_flat[k].shape) != tuple(target_flat[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing in checkpoint: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if extra:
+        problems.append(f"not in the model: {extra[:10]}{' ...' if len(extra) > 10 else ''}")
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes[:10]))
+    if problems:
+        raise CheckpointError(f"Checkpoint {where} does not match: " + " | ".join(problems))
+
+
+def _make_manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _restore_args(target: Any) -> Any:
+    return ocp.checkpoint_utils.construct_restore_args(target)
+
+
+class Checkpointer:
+    """Saves and restores one run's TrainState with an Orbax CheckpointManager."""
+
+    def __init__(self, workdir: str, *, every: int, keep: int = 2, async_save: bool = True):
+        self.every = int(every)
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = _make_manager(self.directory, options)
+        self._preempted = False
+
+    # -- queries
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    # -- saving
+    def should_save(self, step: int, last_step: int) -> bool:
+        return step == last_step or (self.every > 0 and step % self.every == 0) or self._preempted
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
+        """Saves at `step` unless that step is already saved; returns True if saved."""
+        if step in self.all_steps():
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    # -- preemption
+    def install_sigterm_handler(self) -> None:
+        """SIGTERM (TPU maintenance, SLURM) -> `preempted` becomes True; the loop saves and exits."""
+
+        def handler(signum, frame):
+            del signum, frame
+            self._preempted = True
+
+        signal.signal(signal.SIGTERM, handler)
+
+    @property
+    def preempted(self) -> bool:
+        return self._preempted
+
+    # -- restoring
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores (state, meta) at `step` (default latest) onto `target`'s shardings.
+
+        Args:
+          target: pytree of jax.ShapeDtypeStruct with `.sharding` (see abstract_tree).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {self.directory}.")
+        return _restore_state_and_meta(self._manager, step, target, self.directory)
+
+
+def _saved_state_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Any:
+    try:
+        meta = manager.item_metadata(step)
+        tree = meta["state"] if "state" in meta else None
+    except Exception as err:  # Orbax raises many types for unreadable dirs.
+        raise CheckpointError(f"Checkpoint {where} step {step} is unreadable or corrupt: {err}") from err
+    if tree is None:
+        raise CheckpointError(f"Checkpoint {where} step {step} has no 'state' item.")
+    return getattr(tree, "tree", tree)
+
+
+def _restore_state_and_meta(manager, step, target, where) -> tuple[Any, dict[str, Any]]:
+    saved = _saved_state_metadata(manager, step, f"{where}")
+    check_compatible(saved, target, f"{where} (step {step})")
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    except Exception as err:
+        raise CheckpointError(f"Restoring {where} step {step} failed: {err}") from err
+    return restored["state"], dict(restored["meta"] or {})
+
+
+def _nest(subtree_path: str, value: Any) -> Any:
+    for key in reversed([k for k in subtree_path.split("/") if k]):
+        value = {key: value}
+    return value
+
+
+def _get_subtree(tree: Any, subtree_path: str, where: str) -> Any:
+    node = tree
+    for key in [k for k in subtree_path.split("/") if k]:
+        if not isinstance(node, dict) or key not in node:
+            keys = sorted(node) if isinstance(node, dict) else type(node).__name__
+            raise CheckpointError(f"Sub-tree {subtree_path!r} not found in {where}: at {key!r}, have {keys}.")
+        node = node[key]
+    return node
+
+
+def restore_subtree(
+    path: str,
+    subtree: str = "params",
+    target: Any | None = None,
+    step: int | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Any:
+    """Restores one sub-tree (e.g. "params" or "params/img") from another run.
+
+    Args:
+      path: another run's workdir, or its checkpoints dir.
+      subtree: "/"-separated keys inside the saved state.
+      target: optional pytree (arrays or ShapeDtypeStructs with shardings) the
+        sub-tree must match; without it, the saved shapes are used and the
+        arrays land on `sharding` (default: replicated on the first device).
+      step: default latest.
+    """
+    directory = checkpoint_dir(path)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"Checkpoint path {path!r} does not exist.")
+    manager = _make_manager(directory, ocp.CheckpointManagerOptions(create=False, read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"No checkpoint found under {directory!r}.")
+    saved = _get_subtree(_saved_state_metadata(manager, step, directory), subtree, directory)
+    if target is None:
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), saved)
+    elif not all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(target)):
+        target = abstract_tree(target, jax.tree.map(lambda x: x.sharding, target))
+    check_compatible(saved, target, f"{directory} sub-tree {subtree!r} (step {step})")
+    full_target = _nest(subtree, target)
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=full_target, restore_args=_restore_args(full_target), partial_restore=True
+                )
+            ),
+        )
+    except Exception as err:
+        raise CheckpointError(f"Restoring sub-tree {subtree!r} from {directory} failed: {err}") from err
+    finally:
+        manager.close()
+    return _get_subtree(restored["state"], subtree, directory)
+
+
+def to_numpy_tree(tree: Any) -> Any:
+    """Host copies of a pytree of arrays (fully addressable)."""
+    return jax.tree.map(np.asarray, tree)

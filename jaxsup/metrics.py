@@ -1,0 +1,103 @@
+"""Metric writers: JSONL + TensorBoard event files in the workdir, and a progress line.
+
+Only process 0 writes. `MetricWriter.write(step, {"train/loss": ...})`.
+TensorBoard files need the `tensorboard` package (extra `[tb]`); without it
+they are skipped with one log line. In a terminal, progress is one line
+rewritten in place (step/s, loss); otherwise (CI, logs) plain lines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+log = logging.getLogger("jaxsup")
+
+
+def _tb_writer(logdir: str):
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        log.info("tensorboard not installed (pip install 'jaxsup[tb]'): no event files.")
+        return None
+    writer = EventFileWriter(logdir)
+
+    def write(step: int, scalars: Mapping[str, float]) -> None:
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+        writer.flush()
+
+    write.close = writer.close
+    return write
+
+
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Device scalars -> Python floats (one host transfer)."""
+    host = jax.device_get(dict(metrics))
+    return {k: float(np.asarray(v)) for k, v in host.items()}
+
+
+class MetricWriter:
+    """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard; prints progress."""
+
+    def __init__(self, workdir: str, total_steps: int, interactive: bool | None = None):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = _tb_writer(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            self._tb(step, scalars)
+
+    def progress(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One progress line: step, loss, steps/s, examples/s."""
+        if not self.enabled:
+            return
+        shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in scalars.items())
+        line = f"step {step}/{self.total_steps} {shown}"
+        if self.interactive:
+            sys.stderr.write("\r" + line[:200].ljust(120))
+            sys.stderr.flush()
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.interactive and self.enabled:
+            sys.stderr.write("\n")
+        if self._tb is not None:
+            self._tb.close()
+
+
+class StepTimer:
+    """Steps/s and examples/s between two `lap` calls."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._t = time.perf_counter()
+        self._step: int | None = None
+
+    def lap(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        out = {}
+        if self._step is not None and step > self._step:
+            dt = (now - self._t) / (step - self._step)
+            out = {"perf/step_time_s": dt, "perf/steps_per_s": 1.0 / dt, "perf/examples_per_s": self.batch_size / dt}
+        self._t, self._step = now, step
+        return out

@@ -1,0 +1,95 @@
+"""Text transformer tower: token ids [B, L] int32 -> (logits or features [B, D], out).
+
+Pad id is 0. Attention masks padding keys, and future positions when
+`causal=True`. Pooling: "eos" takes the last non-pad position of each row
+(the EOS token the tokenizers append), "mean" averages the non-pad positions.
+
+Parameter layout: token_embedding/embedding [V, D], pos_embedding [1, max_len, D],
+encoder/... (see transformer.py), head/{kernel,bias} (num_classes).
+out: "pre_logits" [B, D] pooled features, "tokens" [B, L, D] per-token features.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxsup import registry
+from jaxsup.models.small import classifier_head
+from jaxsup.models.transformer import Encoder, attention_mask, check_heads
+
+PAD_ID = 0
+POOL_TYPES = ("eos", "mean")
+
+
+def last_token_index(tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
+    """[B, L] ids -> [B] index of the last non-pad token (0 for an all-pad row)."""
+    positions = jnp.arange(tokens.shape[1])[None, :]
+    return jnp.max(jnp.where(tokens != pad_id, positions, 0), axis=1)
+
+
+def eos_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
+    """x [B, L, D] -> [B, D] at each row's last non-pad position."""
+    idx = last_token_index(tokens, pad_id)
+    return jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+
+
+def masked_mean_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
+    """x [B, L, D] -> [B, D] mean over non-pad positions (zeros for an all-pad row)."""
+    valid = (tokens != pad_id).astype(x.dtype)[..., None]
+    return (x * valid).sum(axis=1) / jnp.maximum(valid.sum(axis=1), 1)
+
+
+@registry.register("model", "text_transformer")
+class TextTransformer(nn.Module):
+    """Embed tokens + learned posemb -> pre-LN encoder -> pool -> optional head."""
+
+    vocab_size: int
+    max_len: int = 64
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_dim: int | None = None  # None -> 4 * width
+    num_classes: int | None = None
+    causal: bool = True
+    pool_type: str = "eos"
+    dropout: float = 0.0
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jnp.ndarray, *, train: bool = False):
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"TextTransformer expects int token ids [B, L], got {tokens.dtype}{tokens.shape}.")
+        length = tokens.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"Sequence length {length} exceeds max_len {self.max_len}.")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"Unknown pool_type {self.pool_type!r}; expected one of {POOL_TYPES}.")
+        check_heads(self.width, self.num_heads)
+
+        x = nn.Embed(
+            self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=0.02),
+            dtype=self.dtype, param_dtype=self.param_dtype, name="token_embedding",
+        )(tokens)
+        posemb = self.param(
+            "pos_embedding", nn.initializers.normal(stddev=0.01), (1, self.max_len, self.width),
+            self.param_dtype,
+        )
+        x = x + posemb[:, :length].astype(self.dtype)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+
+        mask = attention_mask(tokens != PAD_ID, length, self.causal)
+        x = Encoder(
+            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.width,
+            dropout=self.dropout, remat=self.remat, remat_policy=self.remat_policy,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="encoder",
+        )(x, mask, train=train)
+
+        pool = eos_pool if self.pool_type == "eos" else masked_mean_pool
+        logits, out = classifier_head(pool(x, tokens), self.num_classes, self.dtype, self.param_dtype)
+        out["tokens"] = x
+        return logits, out

@@ -57,3 +57,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict()
     c.nan_policy = "stop"  # stop: raise naming the metrics | skip: drop the update, count it
     return c
+
+
+def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """Loads "configs/x.py[:arg]" like the command line does, applies overrides, locks it.
+
+    Args:
+      spec: path to a config file, optionally followed by ":arg".
+      overrides: {"optim.lr": 0.1, ...}; a key the config lacks raises.
+    """
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    module_spec = importlib.util.spec_from_file_location(f"jaxsup_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    config.lock()
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        target = config
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, leaf, value)
+    return config

@@ -29,7 +29,11 @@ Rules = Sequence[tuple[str, Any]]
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A Mesh over `devices` (default: all) with named axes; one size may be -1."""
+    """A Mesh over `devices` (default: all) with named axes; one size may be -1.
+
+    With no -1 and fewer devices asked for than exist (single process), the
+    first devices are used: `[("data", 1)]` runs on one device.
+    """
     devices = list(jax.devices() if devices is None else devices)
     names = tuple(name for name, _ in axes)
     sizes = [int(size) for _, size in axes]
@@ -40,6 +44,8 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     known = math.prod(s for s in sizes if s != -1)
     if known <= 0 or len(devices) % known:
         raise ValueError(f"Mesh {list(axes)} does not fit {len(devices)} devices.")
+    if -1 not in sizes and known < len(devices) and jax.process_count() == 1:
+        devices = devices[:known]  # An explicit smaller mesh uses the first devices.
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != len(devices):
         raise ValueError(

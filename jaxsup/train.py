@@ -59,12 +59,12 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: opt
         (loss, (task_metrics, task_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        grad_norm, update_norm = optax.global_norm(grads), optax.global_norm(updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
         new_state = TrainState(state.step + 1, *tree_where(finite, (params, opt_state, task_state),
                                                            (state.params, state.opt_state, state.task_state)))
         out = {f"train/{k}": v for k, v in task_metrics.items()}
-        out.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": schedule(state.step),
+        out.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/update_norm": update_norm, "train/lr": schedule(state.step),
                     "train/nonfinite": 1.0 - finite.astype(jnp.float32)})
         return new_state, out
 

@@ -43,25 +43,34 @@ def _local_builders() -> Sequence[str]:
     return registry.names("dataset")
 
 
-def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """A prepared builder for `name`, or DatasetNotFoundError naming where it looked."""
-    if name in _local_builders():
-        return registry.get("dataset", name)(local_data_dir())
-    root = tfds_data_dir(data_dir)
-    hint = (
+def _missing_hint(name: str, root: str) -> str:
+    return (
         f"jaxsup never downloads at run time: prepare it first, e.g. "
         f"`tfds build {name} --data_dir={root} --file_format=array_record`, or set "
         f"TFDS_DATA_DIR / config.data.data_dir to where it is."
     )
+
+
+def prepared_tfds_builder(name: str, root: str) -> tfds.core.DatasetBuilder:
+    """The builder of a dataset already prepared under `root`; never creates or downloads."""
     if not os.path.isdir(os.path.join(root, name.split(":")[0].split("/")[0])):
-        raise DatasetNotFoundError(f"Dataset {name!r} not found in {root!r}. {hint}")
+        raise DatasetNotFoundError(f"Dataset {name!r} not found in {root!r}. {_missing_hint(name, root)}")
     try:
         builder = tfds.builder(name, data_dir=root, try_gcs=False)
     except Exception as err:  # tfds raises several types for unknown names/versions.
-        raise DatasetNotFoundError(f"Dataset {name!r} cannot be opened from {root!r}: {err}. {hint}") from err
+        raise DatasetNotFoundError(
+            f"Dataset {name!r} cannot be opened from {root!r}: {err}. {_missing_hint(name, root)}"
+        ) from err
     if not builder.is_prepared():
-        raise DatasetNotFoundError(f"Dataset {name!r} is not prepared in {root!r}. {hint}")
+        raise DatasetNotFoundError(f"Dataset {name!r} is not prepared in {root!r}. {_missing_hint(name, root)}")
     return builder
+
+
+def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """A prepared builder for `name`, or DatasetNotFoundError naming where it looked."""
+    if name in _local_builders():
+        return registry.get("dataset", name)(local_data_dir())
+    return prepared_tfds_builder(name, tfds_data_dir(data_dir))
 
 
 def _check_split(builder: tfds.core.DatasetBuilder, split: str) -> None:

@@ -9,6 +9,9 @@ dataset, so the default run exercises the real TFDS + grain path.
 """
 from __future__ import annotations
 
+import fcntl
+import os
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -59,7 +62,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builds the array_record files into data_dir if missing; returns the builder."""
-    builder = Digits(data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
-    return builder
+    """Builds the array_record files into data_dir if missing; returns the builder.
+
+    A file lock makes concurrent first uses (parallel tests, several local
+    processes) build it once.
+    """
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".digits.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = Digits(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+        return builder

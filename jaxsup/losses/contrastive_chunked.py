@@ -53,11 +53,22 @@ class Tile(NamedTuple):
     cols: Any  # per-column inputs sliced to this tile ([tile, ...] leaves), or None
 
 
-def init_stats(n: int) -> MaxStats:
-    """Empty statistics for n rows (or columns)."""
+def init_stats(n: int, like: jax.Array) -> MaxStats:
+    """Empty statistics for n rows (or columns).
+
+    Arrays are made `like` an input embedding so that, inside `shard_map`,
+    they vary over the same mesh axes as the values later merged into them.
+    """
     return MaxStats(
-        jnp.full((n,), -jnp.inf, F32), jnp.zeros((n,), F32), jnp.zeros((n,), jnp.int32)
+        jnp.full_like(like, -jnp.inf, F32, shape=(n,)),
+        jnp.zeros_like(like, F32, shape=(n,)),
+        jnp.zeros_like(like, jnp.int32, shape=(n,)),
     )
+
+
+def zeros_like_f32(like: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
+    """f32 zeros of `shape`, varying over the same mesh axes as `like`."""
+    return jnp.zeros_like(like, F32, shape=shape)
 
 
 def _finite_or_zero(x: jax.Array) -> jax.Array:
@@ -215,7 +226,7 @@ def lse_backward(
         dc = jnp.dot(ds.T, a, preferred_element_type=F32)
         return (da, dscale + jnp.sum(ds * t.g)), dc
 
-    init = (jnp.zeros(a.shape, F32), jnp.zeros((), F32))
+    init = (zeros_like_f32(a, a.shape), zeros_like_f32(a))
     col_xs = (col_lse, g_col) if with_cols else None
     (da, dscale), dc = scan_column_tiles(
         a, c, scale, step, init, col_xs, tile=tile, row_offset=row_offset,
@@ -245,7 +256,7 @@ def log_sigmoid_forward(
         return (total, merge_tile(rows, t.s, 1, col_offset + t.start, False)), None
 
     (total, rows), _ = scan_column_tiles(
-        a, c, scale, step, (jnp.zeros((), F32), rows), tile=tile, col_offset=col_offset
+        a, c, scale, step, (zeros_like_f32(a), rows), tile=tile, col_offset=col_offset
     )
     return total, rows
 
@@ -262,9 +273,9 @@ def log_sigmoid_backward(
         dc = jnp.dot(ds.T, a, preferred_element_type=F32)
         return (da, dscale + jnp.sum(ds * t.g), dbias + jnp.sum(ds)), dc
 
-    zero = jnp.zeros((), F32)
+    zero = zeros_like_f32(a)
     (da, dscale, dbias), dc = scan_column_tiles(
-        a, c, scale, step, (jnp.zeros(a.shape, F32), zero, zero), tile=tile
+        a, c, scale, step, (zeros_like_f32(a, a.shape), zero, zero), tile=tile
     )
     return da * scale, dc * scale, dscale, dbias
 
@@ -298,9 +309,9 @@ def tiled_lse(
 
 
 def _tiled_lse_fwd(a, c, scale, tile, exclude_diagonal, with_cols):
-    cols = init_stats(c.shape[0]) if with_cols else None
+    cols = init_stats(c.shape[0], c) if with_cols else None
     rows, cols = lse_forward(
-        a, c, scale, init_stats(a.shape[0]), cols, tile=tile, exclude_diagonal=exclude_diagonal
+        a, c, scale, init_stats(a.shape[0], a), cols, tile=tile, exclude_diagonal=exclude_diagonal
     )
     row_lse = stats_lse(rows)
     col_lse = stats_lse(cols) if with_cols else None
@@ -329,7 +340,7 @@ def tiled_negative_log_sigmoid(
 
 
 def _tiled_nls_fwd(a, c, scale, bias, tile):
-    total, rows = log_sigmoid_forward(a, c, scale, bias, init_stats(a.shape[0]), tile=tile)
+    total, rows = log_sigmoid_forward(a, c, scale, bias, init_stats(a.shape[0], a), tile=tile)
     return (total, rows.argmax), (a, c, scale, bias)
 
 
@@ -340,3 +351,91 @@ def _tiled_nls_bwd(tile, res, g):
 
 
 tiled_negative_log_sigmoid.defvjp(_tiled_nls_fwd, _tiled_nls_bwd)
+
+
+# ------------------------------------------------ losses from per-row parts
+# Shared by the single-device chunked path and the device ring: `total` sums
+# x [b, ...] (or a per-device scalar partial sum) over the global batch
+# (jnp.sum here, psum of it on a ring).
+
+Total = Callable[[jax.Array], jax.Array]
+
+
+def local_total(x: jax.Array) -> jax.Array:
+    """Sum over the leading (batch) axis of x [b, ...]; a scalar is returned as is."""
+    return jnp.sum(x, axis=0) if jnp.ndim(x) else x
+
+
+def row_dot(a: jax.Array, c: jax.Array) -> jax.Array:
+    """[B] f32 row-wise dot products of a, c [B, D]."""
+    return jnp.einsum("bd,bd->b", a, c, preferred_element_type=F32)
+
+
+def _fraction(hits: jax.Array, n_total: int, total: Total) -> jax.Array:
+    return total(hits.astype(F32)) / n_total
+
+
+def softmax_loss_and_metrics(
+    pos: jax.Array, res: LseResult, ids: jax.Array, n_total: int, total: Total
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CLIP loss `mean(row_lse - pos)/2 + mean(col_lse - pos)/2` and metrics.
+
+    pos: [b] positive logits; res: LSEs/argmaxes of these b rows and b
+    columns; ids: [b] their global indices; n_total: global batch size.
+    """
+    loss = (total(res.row_lse - pos) + total(res.col_lse - pos)) / (2 * n_total)
+    metrics = {
+        "mean_positive_logit": total(pos) / n_total,
+        "img2txt_top1": _fraction(res.row_argmax == ids, n_total, total),
+        "txt2img_top1": _fraction(res.col_argmax == ids, n_total, total),
+    }
+    return loss, lax.stop_gradient(metrics)
+
+
+def sigmoid_loss_and_metrics(
+    neg_sum: jax.Array,
+    a: jax.Array,
+    c: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    row_argmax: jax.Array,
+    ids: jax.Array,
+    n_total: int,
+    total: Total,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SigLIP loss from `neg_sum = sum_ij log sigmoid(-z_ij)` (all pairs, local
+    rows) and the positives z_ii = scale a_i.c_i + bias, using
+    log sigmoid(z) - log sigmoid(-z) = z. Metrics: mean positive / negative
+    logit (the latter from (sum_i a_i).(sum_j c_j), O(B*D); nan if B == 1)
+    and image->text top-1 of the row argmax."""
+    pos = scale * row_dot(a, c) + bias
+    pos_sum = total(pos)
+    loss = -(total(neg_sum) + pos_sum) / n_total
+    all_pairs = scale * jnp.dot(total(a.astype(F32)), total(c.astype(F32))) + n_total**2 * bias
+    metrics = {
+        "mean_positive_logit": pos_sum / n_total,
+        "mean_negative_logit": (all_pairs - pos_sum) / (n_total * (n_total - 1)),
+        "img2txt_top1": _fraction(row_argmax == ids, n_total, total),
+    }
+    return loss, lax.stop_gradient(metrics)
+
+
+def nt_xent_views(z1: jax.Array, z2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Stacks the two views [b, D] into z [2b, D]; returns it and each row's
+    twin position [2b] in z (row k <-> row k + b)."""
+    b = z1.shape[0]
+    return jnp.concatenate([z1, z2]), (jnp.arange(2 * b) + b) % (2 * b)
+
+
+def nt_xent_loss_and_metrics(
+    pos: jax.Array, row_lse: jax.Array, row_argmax: jax.Array, twin_ids: jax.Array,
+    n_views: int, total: Total,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """NT-Xent `mean_k(lse_k - pos_k)` over all n_views views, and metrics
+    (mean positive logit, top-1: the row argmax is the twin)."""
+    loss = total(row_lse - pos) / n_views
+    metrics = {
+        "mean_positive_logit": total(pos) / n_views,
+        "top1": _fraction(row_argmax == twin_ids, n_views, total),
+    }
+    return loss, lax.stop_gradient(metrics)

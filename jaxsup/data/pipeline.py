@@ -1,6 +1,8 @@
 """grain pipelines: a deterministic, checkpointable train stream and padded eval batches.
 
 Train: `source.shuffle(seed).repeat().map(preprocess).batch(local_batch)`.
+Every example also carries "index" (int32), its position in the split, so
+tasks can keep per-example state (PS-KD predictions, pseudo-labels).
 grain reshuffles every epoch with seed + epoch, so example order is a pure
 function of (seed, epoch, index). Global batch `s` is the concatenation of
 local batches `s * P + p` over processes p < P; each process reads only its
@@ -39,12 +41,22 @@ def train_dataset(
         raise ValueError(f"The dataset has {len(source)} examples, fewer than one batch ({global_batch}).")
     local = local_batch_size(global_batch, process_count)
     return (
-        grain.MapDataset.source(source)
+        indexed(source)
         .shuffle(seed=seed % 2**32)
         .repeat()
-        .map(preprocess)
+        .map(with_index(preprocess))
         .batch(local, drop_remainder=True)
     )
+
+
+def indexed(source: Any) -> grain.MapDataset:
+    """MapDataset of (index, example) pairs."""
+    return grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
+
+
+def with_index(preprocess: Callable[[dict], dict]) -> Callable[[tuple[int, dict]], dict]:
+    """(index, example) -> preprocess(example) plus "index"."""
+    return lambda pair: {**preprocess(pair[1]), "index": np.int32(pair[0])}
 
 
 def train_iterator(
@@ -71,7 +83,7 @@ def eval_batches(
     """The whole split in order as local batches, padded; `mask` [L] marks real rows."""
     pi = jax.process_index() if process_index is None else process_index
     local = local_batch_size(global_batch, process_count)
-    ds = grain.MapDataset.source(source).map(preprocess)
+    ds = indexed(source).map(with_index(preprocess))
     n = len(ds)
     for k in range(math.ceil(n / global_batch)):
         idx = k * global_batch + pi * local + np.arange(local)

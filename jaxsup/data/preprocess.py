@@ -14,6 +14,8 @@ import numpy as np
 
 Example = dict[str, Any]
 _OPS: dict[str, Callable[..., Callable[[Example], Example]]] = {}
+# Modules that register more ops (imported by `build`).
+OP_MODULES: tuple[str, ...] = ()
 
 
 def register_op(name: str):
@@ -58,6 +60,10 @@ def label_to_int32(key: str = "label") -> Callable[[Example], Example]:
 
 def build(ops: Sequence[str]) -> Callable[[Example], Example]:
     """Composes the named ops; unknown names raise naming the known ones."""
+    import importlib
+
+    for module in OP_MODULES:
+        importlib.import_module(module)
     fns = []
     for spec in ops:
         name, _, arg = spec.partition(":")

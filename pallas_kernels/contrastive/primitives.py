@@ -1,0 +1,210 @@
+"""Differentiable block primitives on top of the kernels (custom_vjp).
+
+Each takes unpadded operands and a `KernelConfig`, pads (rows to
+`cfg.row_multiple`, D to `cfg.padded_dim`), runs the kernels and slices the
+results. Gradients w.r.t. the temperature use `sum_ij W_ij S_ij =
+sum_i zq_i . dzq_i` (S = scale zq zk^T, dzq = scale W zk), so the kernels only
+produce embedding gradients (and, for the sigmoid bias, per-row sums of W).
+
+  softmax_pair:  (zq, zk, log_t, offset) -> (row_lse [Bq], col_lse [Bk])
+  sigmoid_pair:  (zq, zk, log_t, b, offset) -> row_sums [Bq]
+  symmetric_lse: (z, log_t) -> row_lse [N] of S = exp(log_t) z z^T, self excluded
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.contrastive import tiles as tiles_lib
+from pallas_kernels.contrastive.kernels import KernelConfig, row_grad, row_reduce
+
+
+def _pad(z: jax.Array, cfg: KernelConfig) -> jax.Array:
+    """[n, D] -> [round_up(n, row_multiple), padded_dim(D)] with zeros."""
+    n, d = z.shape
+    rows = -(-n // cfg.row_multiple) * cfg.row_multiple
+    return jnp.pad(z, ((0, rows - n), (0, cfg.padded_dim(d) - d)))
+
+
+def _row_vec(v: jax.Array, rows: int, cfg: KernelConfig) -> jax.Array:
+    """[n] -> [rows, W] zero-padded, lane-replicated."""
+    v = jnp.pad(v.astype(jnp.float32), (0, rows - v.shape[0]))
+    return jnp.broadcast_to(v[:, None], (rows, cfg.vec_lanes))
+
+
+def _col_vec(v: jax.Array, rows: int, cfg: KernelConfig) -> jax.Array:
+    """[n] -> [H, rows] zero-padded, sublane-replicated."""
+    v = jnp.pad(v.astype(jnp.float32), (0, rows - v.shape[0]))
+    return jnp.broadcast_to(v[None, :], (cfg.vec_sublanes, rows))
+
+
+def _scalars(log_t: jax.Array, bias: jax.Array | float = 0.0) -> jax.Array:
+    return jnp.stack([jnp.exp(log_t), bias]).astype(jnp.float32)
+
+
+def _offset(offset: jax.Array) -> jax.Array:
+    return jnp.reshape(offset, (1,)).astype(jnp.int32)
+
+
+def _log_t_grad(zq_p: jax.Array, dzq_p: jax.Array) -> jax.Array:
+    return jnp.sum(zq_p.astype(jnp.float32) * dzq_p)
+
+
+def _unpad(dz_p: jax.Array, like: jax.Array) -> jax.Array:
+    return dz_p[: like.shape[0], : like.shape[1]].astype(like.dtype)
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax_pair_forward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offset):
+    """(row_lse [Bq], col_lse [Bk]) of exp(log_t) zq zk^T, cells `col - row == offset`
+    excluded when `has_diag`."""
+    n_q, n_k = zq.shape[0], zk.shape[0]
+    zq_p, zk_p, scal, off = _pad(zq, cfg), _pad(zk, cfg), _scalars(log_t), _offset(offset)
+    kw = dict(has_diag=has_diag)
+    row = row_reduce(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, n_q=n_q, n_k=n_k, **kw)
+    col = row_reduce(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, n_q=n_k, n_k=n_q, **kw)
+    return row[:n_q, 0], col[:n_k, 0]
+
+
+def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offset,
+                          row_lse, col_lse, g_row, g_col):
+    """Gradients of `sum g_row * row_lse + sum g_col * col_lse` -> (dzq, dzk, dlog_t).
+
+    `row_lse` / `col_lse` must be the LSEs the cotangents refer to: a block's
+    own, or the final ones after combining blocks (see api.py, "Ring use").
+    """
+    n_q, n_k = zq.shape[0], zk.shape[0]
+    zq_p, zk_p, scal, off = _pad(zq, cfg), _pad(zk, cfg), _scalars(log_t), _offset(offset)
+    r_q, r_k = zq_p.shape[0], zk_p.shape[0]
+    q_side = [_row_vec(row_lse, r_q, cfg), _row_vec(g_row, r_q, cfg)]
+    k_side = [_col_vec(col_lse, r_k, cfg), _col_vec(g_col, r_k, cfg)]
+    dzq, _ = row_grad(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, q_side, k_side,
+                      n_q=n_q, n_k=n_k, has_diag=has_diag)
+    q_side = [_row_vec(col_lse, r_k, cfg), _row_vec(g_col, r_k, cfg)]
+    k_side = [_col_vec(row_lse, r_q, cfg), _col_vec(g_row, r_q, cfg)]
+    dzk, _ = row_grad(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, q_side, k_side,
+                      n_q=n_k, n_k=n_q, has_diag=has_diag)
+    return _unpad(dzq, zq), _unpad(dzk, zk), _log_t_grad(zq_p, dzq)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def softmax_pair(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offset):
+    """Differentiable `softmax_pair_forward` (w.r.t. zq, zk, log_t)."""
+    return softmax_pair_forward(cfg, has_diag, zq, zk, log_t, offset)
+
+
+def _softmax_pair_fwd(cfg, has_diag, zq, zk, log_t, offset):
+    row, col = softmax_pair_forward(cfg, has_diag, zq, zk, log_t, offset)
+    return (row, col), (zq, zk, log_t, offset, row, col)
+
+
+def _softmax_pair_bwd(cfg, has_diag, residuals, cotangents):
+    zq, zk, log_t, offset, row, col = residuals
+    dzq, dzk, dlog_t = softmax_pair_backward(cfg, has_diag, zq, zk, log_t, offset,
+                                             row, col, *cotangents)
+    return dzq, dzk, dlog_t.astype(log_t.dtype), None
+
+
+softmax_pair.defvjp(_softmax_pair_fwd, _softmax_pair_bwd)
+
+
+# ----------------------------------------------------------------------------- symmetric
+
+
+def _symmetric_forward(cfg: KernelConfig, z, log_t):
+    n = z.shape[0]
+    z_p = _pad(z, cfg)
+    row = row_reduce(tiles_lib.SOFTMAX, cfg, z_p, z_p, _scalars(log_t), _offset(jnp.zeros(())),
+                     n_q=n, n_k=n, has_diag=True)
+    return row[:n, 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def symmetric_lse(cfg: KernelConfig, z, log_t):
+    """Row LSE [N] of `exp(log_t) z z^T` without the diagonal (one forward pass).
+
+    Because S is symmetric, the backward is a single kernel call: with
+    dS_ij = g_i P_ij, dz = scale (dS + dS^T) z and (dS + dS^T)_ij =
+    g_i exp(S_ij - lse_i) + g_j exp(S_ij - lse_j) -- the softmax tile weight
+    with the same vectors on both sides.
+    """
+    return _symmetric_forward(cfg, z, log_t)
+
+
+def _symmetric_fwd(cfg, z, log_t):
+    row = _symmetric_forward(cfg, z, log_t)
+    return row, (z, log_t, row)
+
+
+def _symmetric_bwd(cfg, residuals, g):
+    z, log_t, row = residuals
+    z_p = _pad(z, cfg)
+    r = z_p.shape[0]
+    dz, _ = row_grad(
+        tiles_lib.SOFTMAX, cfg, z_p, z_p, _scalars(log_t), _offset(jnp.zeros(())),
+        [_row_vec(row, r, cfg), _row_vec(g, r, cfg)],
+        [_col_vec(row, r, cfg), _col_vec(g, r, cfg)],
+        n_q=z.shape[0], n_k=z.shape[0], has_diag=True,
+    )
+    # sum_ij (dS + dS^T)_ij S_ij = 2 sum dS * S.
+    return _unpad(dz, z), (0.5 * _log_t_grad(z_p, dz)).astype(log_t.dtype)
+
+
+symmetric_lse.defvjp(_symmetric_fwd, _symmetric_bwd)
+
+
+# ----------------------------------------------------------------------------- sigmoid
+
+
+def sigmoid_pair_forward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, b, offset):
+    """Row sums [Bq] of -log sigmoid(y (exp(log_t) zq zk^T + b)), y = +1 on the
+    cells `col - row == offset` when `has_diag`, else -1."""
+    zq_p, zk_p = _pad(zq, cfg), _pad(zk, cfg)
+    rows = row_reduce(tiles_lib.SIGMOID, cfg, zq_p, zk_p, _scalars(log_t, b), _offset(offset),
+                      n_q=zq.shape[0], n_k=zk.shape[0], has_diag=has_diag)
+    return rows[: zq.shape[0], 0]
+
+
+def sigmoid_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, b, offset, g_row):
+    """Gradients of `sum g_row * row_sums` -> (dzq, dzk, dlog_t, db)."""
+    n_q, n_k = zq.shape[0], zk.shape[0]
+    zq_p, zk_p = _pad(zq, cfg), _pad(zk, cfg)
+    scal, off = _scalars(log_t, b), _offset(offset)
+    r_q, r_k = zq_p.shape[0], zk_p.shape[0]
+    zeros_k = jnp.zeros((n_k,), jnp.float32)
+    dzq, db_rows = row_grad(
+        tiles_lib.SIGMOID, cfg, zq_p, zk_p, scal, off,
+        [_row_vec(g_row, r_q, cfg)], [_col_vec(zeros_k, r_k, cfg)],
+        n_q=n_q, n_k=n_k, has_diag=has_diag,
+    )
+    dzk, _ = row_grad(
+        tiles_lib.SIGMOID, cfg, zk_p, zq_p, scal, -off,
+        [_row_vec(zeros_k, r_k, cfg)], [_col_vec(g_row, r_q, cfg)],
+        n_q=n_k, n_k=n_q, has_diag=has_diag,
+    )
+    db = jnp.sum(db_rows[:n_q, 0])
+    return _unpad(dzq, zq), _unpad(dzk, zk), _log_t_grad(zq_p, dzq), db
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def sigmoid_pair(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, b, offset):
+    """Differentiable `sigmoid_pair_forward` (w.r.t. zq, zk, log_t, b)."""
+    return sigmoid_pair_forward(cfg, has_diag, zq, zk, log_t, b, offset)
+
+
+def _sigmoid_pair_fwd(cfg, has_diag, zq, zk, log_t, b, offset):
+    rows = sigmoid_pair_forward(cfg, has_diag, zq, zk, log_t, b, offset)
+    return rows, (zq, zk, log_t, b, offset)
+
+
+def _sigmoid_pair_bwd(cfg, has_diag, residuals, g_row):
+    zq, zk, log_t, b, offset = residuals
+    dzq, dzk, dlog_t, db = sigmoid_pair_backward(cfg, has_diag, zq, zk, log_t, b, offset, g_row)
+    return dzq, dzk, dlog_t.astype(log_t.dtype), db.astype(b.dtype), None
+
+
+sigmoid_pair.defvjp(_sigmoid_pair_fwd, _sigmoid_pair_bwd)

@@ -1,0 +1,132 @@
+"""Per-tile math of the two loss families, shared by every kernel driver.
+
+A tile is `logits [bq, bk] = scale * zq_tile zk_tile^T + bias` (f32) with
+`valid [bq, bk]` (False on padded rows/columns) and `diag [bq, bk]` (the
+cells with `col - row == offset`, or None when no offset was given).
+
+Row statistics are `[bq, W]` arrays whose W lanes all hold the same value:
+W = 1 on Triton and in interpret mode, W = 128 on TPU (Mosaic keeps per-row
+state lane-replicated, as its flash attention does). `widen` tiles them to
+`[bq, bk]`. Column statistics arrive as `[1, bk]` and broadcast directly.
+
+Each family provides:
+  fwd_init(shape) -> carry;  fwd_update(carry, logits, valid, diag) -> carry;
+  fwd_finalize(carry) -> [bq, W] row result;
+  bwd_weight(logits, valid, diag, q_vecs, k_vecs) -> dLoss/dlogits [bq, bk];
+  n_vecs: how many per-row vectors the backward reads on each side;
+  has_bias_grad: whether the backward also sums the weights per row (db).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Finite "minus infinity": exp(MASK - m) underflows to 0 without inf - inf NaNs.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def widen(row_stat: jax.Array, width: int) -> jax.Array:
+    """[bq, W] lane-replicated row statistic -> something broadcastable to [bq, width]."""
+    lanes = row_stat.shape[1]
+    if lanes == 1 or lanes == width:
+        return row_stat
+    return jnp.tile(row_stat, (1, width // lanes))
+
+
+def _softplus(x: jax.Array) -> jax.Array:
+    """log(1 + exp(x)), stable for large |x| (written out so it lowers everywhere)."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _sigmoid(x: jax.Array) -> jax.Array:
+    """1 / (1 + exp(-x)); exp overflow gives 1/inf = 0, which is the right limit."""
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+class _SoftmaxTiles:
+    """Online log-sum-exp over columns; self-pairs (diag) are excluded.
+
+    Backward: with per-row (lse_q, g_q) and per-column (lse_k, g_k), the
+    gradient of `sum_i g_q[i] lse_q[i] + sum_j g_k[j] lse_k[j]` w.r.t. the
+    logits is `g_q[i] exp(S_ij - lse_q[i]) + g_k[j] exp(S_ij - lse_k[j])`.
+    """
+
+    n_vecs = 2
+    has_bias_grad = False
+
+    @staticmethod
+    def _mask(valid, diag):
+        return valid if diag is None else jnp.logical_and(valid, jnp.logical_not(diag))
+
+    @staticmethod
+    def fwd_init(shape):
+        return jnp.full(shape, MASK_VALUE, jnp.float32), jnp.zeros(shape, jnp.float32)
+
+    @classmethod
+    def fwd_update(cls, carry, logits, valid, diag):
+        m_prev, l_prev = carry
+        keep = cls._mask(valid, diag)
+        logits = jnp.where(keep, logits, MASK_VALUE)
+        m_next = jnp.maximum(m_prev, jnp.max(logits, axis=1, keepdims=True))
+        p = jnp.exp(logits - widen(m_next, logits.shape[1]))
+        p = jnp.where(keep, p, 0.0)
+        l_next = jnp.exp(m_prev - m_next) * l_prev + jnp.sum(p, axis=1, keepdims=True)
+        return m_next, l_next
+
+    @staticmethod
+    def fwd_finalize(carry):
+        m, l = carry
+        return m + jnp.log(l)  # l == 0 (no valid column) gives -inf: the empty LSE.
+
+    @classmethod
+    def bwd_weight(cls, logits, valid, diag, q_vecs, k_vecs):
+        (lse_q, g_q), (lse_k, g_k) = q_vecs, k_vecs
+        width = logits.shape[1]
+        p_row = jnp.exp(logits - widen(lse_q, width))
+        p_col = jnp.exp(logits - lse_k)
+        weight = widen(g_q, width) * p_row + g_k * p_col
+        return jnp.where(cls._mask(valid, diag), weight, 0.0)
+
+
+class _SigmoidTiles:
+    """Row sums of `softplus(-y * logits)`, y = +1 on diag, -1 elsewhere.
+
+    Backward: d softplus(-y l)/dl = -y sigmoid(-y l), weighted by
+    `g_q[i] + g_k[j]` (cotangents of row sums and of column sums).
+    """
+
+    n_vecs = 1
+    has_bias_grad = True
+
+    @staticmethod
+    def _signed(logits, diag):
+        """-y * logits."""
+        return -logits if diag is None else jnp.where(diag, -logits, logits)
+
+    @staticmethod
+    def fwd_init(shape):
+        return (jnp.zeros(shape, jnp.float32),)
+
+    @classmethod
+    def fwd_update(cls, carry, logits, valid, diag):
+        (acc,) = carry
+        terms = jnp.where(valid, _softplus(cls._signed(logits, diag)), 0.0)
+        return (acc + jnp.sum(terms, axis=1, keepdims=True),)
+
+    @staticmethod
+    def fwd_finalize(carry):
+        return carry[0]
+
+    @classmethod
+    def bwd_weight(cls, logits, valid, diag, q_vecs, k_vecs):
+        (g_q,), (g_k,) = q_vecs, k_vecs
+        signed = cls._signed(logits, diag)
+        slope = _sigmoid(signed)  # d softplus(signed) / d signed
+        slope = slope if diag is None else jnp.where(diag, -slope, slope)  # times -y
+        weight = (widen(g_q, logits.shape[1]) + g_k) * slope
+        return jnp.where(valid, weight, 0.0)
+
+
+SOFTMAX = _SoftmaxTiles
+SIGMOID = _SigmoidTiles

@@ -1,0 +1,155 @@
+"""Fused linear KD: chunked (and pallas routing) against the [N, V] reference."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsup.losses import distill
+from jaxsup.losses.fused_linear_kd import fused_linear_kd
+
+RTOL = 1e-5
+BF16_RTOL = 2e-2  # gradient matmuls take dZ rounded to bf16 (the reference keeps f32)
+
+
+def make_inputs(n, h, v, ht=5, dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, dtype)  # noqa: E731
+    return {
+        "h_s": arr(n, h), "w_s": arr(h, v, scale=0.7), "logits": arr(n, v, scale=2.0),
+        "h_t": arr(n, ht), "w_t": arr(ht, v, scale=0.8),
+    }
+
+
+def teacher_of(x, mode):
+    return x["logits"] if mode == "logits" else (x["h_t"], x["w_t"])
+
+
+def value_and_grads(impl, x, mode, kind, temp=2.0, beta=0.3, **kw):
+    def loss(h_s, w_s):
+        return fused_linear_kd(h_s, w_s, teacher_of(x, mode), temp, kind=kind, beta=beta,
+                               impl=impl, **kw)
+
+    return jax.jit(jax.value_and_grad(loss, (0, 1)))(x["h_s"], x["w_s"])
+
+
+def assert_tree_close(got, want, rtol, atol_frac=0.0):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol_frac * np.abs(w).max())
+
+
+@pytest.mark.parametrize("mode", ["logits", "hidden"])
+@pytest.mark.parametrize("kind", ["kl", "rkl", "jsd"])
+def test_chunked_matches_reference(kind, mode):
+    x = make_inputs(6, 8, 50)  # tile 16: V=50 is not a multiple
+    want = value_and_grads("reference", x, mode, kind)
+    got = value_and_grads("chunked", x, mode, kind, tile=16)
+    assert got[0].dtype == jnp.float32 and got[0].shape == ()
+    assert_tree_close(got, want, RTOL, atol_frac=1e-6)
+
+
+def test_reference_impl_is_kd_of_logits():
+    x = make_inputs(4, 6, 11)
+    want = distill.kd_loss(x["h_s"] @ x["w_s"], x["logits"], 1.5, "jsd", 0.6)
+    got = fused_linear_kd(x["h_s"], x["w_s"], x["logits"], 1.5, kind="jsd", beta=0.6)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+@pytest.mark.parametrize("n, h, v, tile", [(1, 3, 7, 4), (3, 3, 8, 8), (2, 5, 9, 64), (5, 4, 12, 1)])
+def test_chunked_odd_shapes(n, h, v, tile):
+    x = make_inputs(n, h, v, seed=n + v)
+    for kind in ("kl", "jsd"):
+        want = value_and_grads("reference", x, "hidden", kind)
+        got = value_and_grads("chunked", x, "hidden", kind, tile=tile)
+        assert_tree_close(got, want, RTOL, atol_frac=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["kl", "rkl"])
+def test_chunked_bf16(kind):
+    x = make_inputs(8, 16, 40, dtype=jnp.bfloat16)
+    want = value_and_grads("reference", x, "logits", kind)
+    got = value_and_grads("chunked", x, "logits", kind, tile=16)
+    assert got[1][0].dtype == jnp.bfloat16 and got[1][1].dtype == jnp.bfloat16
+    np.testing.assert_allclose(got[0], want[0], rtol=RTOL)  # f32 logits from the same bf16 inputs
+    assert_tree_close(got[1], want[1], BF16_RTOL, atol_frac=BF16_RTOL)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_teacher_gets_zero_gradient(impl):
+    x = make_inputs(3, 4, 10)
+
+    def loss(w_s, logits, h_t, w_t):
+        a = fused_linear_kd(x["h_s"], w_s, logits, 2.0, impl=impl, tile=4)
+        b = fused_linear_kd(x["h_s"], w_s, (h_t, w_t), 2.0, kind="rkl", impl=impl, tile=4)
+        return a + b
+
+    grads = jax.grad(loss, (0, 1, 2, 3))(x["w_s"], x["logits"], x["h_t"], x["w_t"])
+    assert float(jnp.abs(grads[0]).max()) > 0
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, 0.0)
+
+
+def test_chunked_under_jit_matches_eager():
+    x = make_inputs(4, 6, 20)
+    f = lambda h, w, t: fused_linear_kd(h, w, t, 2.0, impl="chunked", tile=8)  # noqa: E731
+    np.testing.assert_allclose(
+        jax.jit(f)(x["h_s"], x["w_s"], x["logits"]), f(x["h_s"], x["w_s"], x["logits"]), rtol=RTOL
+    )
+
+
+def temp_bytes(impl, n, h, v, tile):
+    structs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((n, h), (h, v), (n, v))]
+    f = jax.value_and_grad(
+        lambda h_s, w_s, t: fused_linear_kd(h_s, w_s, t, 2.0, impl=impl, tile=tile), (0, 1)
+    )
+    return jax.jit(f).lower(*structs).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_temp_memory_below_one_logits_matrix():
+    n, h, v, tile = 256, 64, 16384, 1024
+    one_logits_matrix = n * v * 4  # 16 MiB; the reference needs several
+    assert temp_bytes("reference", n, h, v, tile) > one_logits_matrix
+    # Tiles (N * tile) and small rows; dW [H, V] lives in the output buffer.
+    assert temp_bytes("chunked", n, h, v, tile) < one_logits_matrix / 4
+
+
+def test_pallas_on_cpu_raises_or_falls_back(caplog):
+    x = make_inputs(4, 6, 20)
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU behaviour")
+    with pytest.raises(ValueError, match="fallback=True"):
+        fused_linear_kd(x["h_s"], x["w_s"], x["logits"], 2.0, impl="pallas")
+    with caplog.at_level(logging.WARNING):
+        got = fused_linear_kd(x["h_s"], x["w_s"], x["logits"], 2.0, impl="pallas", fallback=True)
+    want = fused_linear_kd(x["h_s"], x["w_s"], x["logits"], 2.0, impl="chunked")
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_pallas_interpret_through_jaxsup():
+    x = make_inputs(5, 6, 20)
+    want = value_and_grads("reference", x, "logits", "kl")
+    got = value_and_grads("pallas", x, "logits", "kl", backend="interpret")
+    assert_tree_close(got, want, RTOL, atol_frac=1e-6)
+
+
+def test_bad_inputs_raise_value_error():
+    x = make_inputs(4, 6, 20)
+    h_s, w_s, logits = x["h_s"], x["w_s"], x["logits"]
+    with pytest.raises(ValueError, match="impl"):
+        fused_linear_kd(h_s, w_s, logits, 2.0, impl="triton")
+    with pytest.raises(ValueError, match=r"\(4, 6\).*\(5, 20\)"):
+        fused_linear_kd(h_s, w_s[:5], logits, 2.0)
+    with pytest.raises(ValueError, match=r"teacher logits \(4, 19\)"):
+        fused_linear_kd(h_s, w_s, logits[:, :19], 2.0, impl="chunked")
+    with pytest.raises(ValueError, match="W_t"):
+        fused_linear_kd(h_s, w_s, (x["h_t"], x["w_t"][:, :19]), 2.0)
+    with pytest.raises(ValueError, match="Temperature"):
+        fused_linear_kd(h_s, w_s, logits, 0.0, impl="chunked")
+    with pytest.raises(ValueError, match="tile"):
+        fused_linear_kd(h_s, w_s, logits, 2.0, impl="chunked", tile=0)
+    with pytest.raises(ValueError, match="kind"):
+        fused_linear_kd(h_s, w_s, logits, 2.0, kind="xent")
+    with pytest.raises(ValueError, match="beta"):
+        fused_linear_kd(h_s, w_s, logits, 2.0, kind="jsd", beta=1.2, impl="chunked")

@@ -91,6 +91,8 @@ class Checkpointer:
             max_to_keep=keep,
             create=True,
             enable_async_checkpointing=async_save,
+            # A write killed half-way leaves a tmp dir; it is never restored from, and is removed here.
+            cleanup_tmp_directories=True,
         )
         self._manager = _make_manager(self.directory, options)
         self._preempted = False
@@ -104,7 +106,7 @@ class Checkpointer:
 
     # -- saving
     def should_save(self, step: int, last_step: int) -> bool:
-        return step == last_step or (self.every > 0 and step % self.every == 0) or self._preempted
+        return step == last_step or (self.every > 0 and step % self.every == 0)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
         """Saves at `step` unless that step is already saved; returns True if saved."""

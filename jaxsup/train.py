@@ -23,7 +23,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxsup import checkpoint, metrics as metrics_lib, optim, registry, sharding
+from jaxsup import checkpoint, distributed, metrics as metrics_lib, optim, registry, sharding
 from jaxsup.data import pipeline, preprocess, sources
 
 log = logging.getLogger("jaxsup")
@@ -33,6 +33,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and log
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
 
 
 @flax.struct.dataclass
@@ -41,6 +42,9 @@ class TrainState:
     params: Any
     opt_state: Any
     task_state: Any  # checkpointed, no gradients (BN stats, EMA teacher, buffers)
+
+
+NAN_POLICIES = ("stop", "skip")
 
 
 def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
@@ -82,11 +86,6 @@ def _write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def _maybe_initialize_distributed() -> None:
-    if FLAGS.is_parsed() and FLAGS.num_processes and FLAGS.num_processes > 1:
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-
-
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs config.total_steps (resuming from workdir); returns the last metrics."""
     # ------------------------------------------------------------------ setup
@@ -94,6 +93,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     _write_config(config, workdir)
     writer = metrics_lib.MetricWriter(workdir, config.total_steps)
     log.info("Devices: %d (%s), processes: %d", jax.device_count(), jax.default_backend(), jax.process_count())
+
+    if config.nan_policy not in NAN_POLICIES:
+        raise ValueError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
 
     # ------------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
@@ -163,6 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     ckpt.install_sigterm_handler()
     timer = metrics_lib.StepTimer(config.batch_size)
     last: dict[str, float] = {}
+    skipped = 0
     batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
@@ -175,16 +178,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                         f"Non-finite {bad} at step {step}; the update was not applied and no checkpoint "
                         f"was written for it (last saved step: {ckpt.latest_step()})."
                     )
-                log.warning("Step %d: non-finite %s, update skipped.", step, bad)
+                skipped += 1
+                log.warning("Step %d: non-finite %s, update skipped (%d so far).", step, bad, skipped)
             if step % config.log_every == 0 or step == config.total_steps:
-                last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step)}
+                last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step), "train/skipped_steps": skipped}
                 writer.write(step, last)
                 writer.progress(step, {k: v for k, v in last.items() if k in ("train/loss", "perf/steps_per_s")})
             if any(ev_cfg.every and step % ev_cfg.every == 0 for ev_cfg in config.evals.values()) or step == config.total_steps:
                 last.update(run_evals(step))
-            if ckpt.should_save(step, config.total_steps):
+            preempted = distributed.any_process(ckpt.preempted)
+            if ckpt.should_save(step, config.total_steps) or preempted:
                 save(step)
-            if ckpt.preempted:
+            if preempted:
                 log.warning("SIGTERM: saved step %d, exiting.", step)
                 break
         if start_step >= config.total_steps:
@@ -212,12 +217,13 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required.")
     if FLAGS.config is None:
         raise app.UsageError("--config is required (e.g. configs/supervised_digits.py).")
-    _maybe_initialize_distributed()
     setup_logging()
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, FloatingPointError,
+               distributed.DistributedInitError)
 
 
 def run() -> None:

@@ -52,6 +52,19 @@ def test_interpret_matches_reference(kind, mode):
     assert_tree_close(got, want, RTOL, atol_frac=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["rkl", "jsd"])
+def test_interpret_forward_only(kind):
+    # Without differentiation the custom_vjp primal (forward kernel only) runs.
+    student, teachers = make_inputs(5, 8, 24)
+    got = jax.jit(
+        lambda h, w, t: api.fused_linear_kd_loss(
+            h, w, t, 1.5, kind=kind, beta=0.7, backend="interpret", **SMALL_BLOCKS
+        )
+    )(*student, teachers["hidden"])
+    want = fused_linear_kd_reference(*student, teachers["hidden"], 1.5, kind, 0.7)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
 @pytest.mark.parametrize("n, h, v", [(1, 3, 7), (5, 3, 17)])
 def test_interpret_odd_shapes(n, h, v):
     student, teachers = make_inputs(n, h, v, ht=3, seed=v)

@@ -48,7 +48,7 @@ def _maybe(key: jax.Array, prob: float, fn: Callable[[jnp.ndarray], jnp.ndarray]
 # ----------------------------------------------------------------------------- crop / flip
 
 
-def _crop_box(key: jax.Array, height: int, width: int, scale: Range, ratio: Range) -> jnp.ndarray:
+def sample_crop_box(key: jax.Array, height: int, width: int, scale: Range, ratio: Range) -> jnp.ndarray:
     """Samples (y0, x0, h, w) with area fraction in scale and w/h in ratio (log-uniform),
     clipped to the image (continuous coordinates, pixels)."""
     k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
@@ -85,7 +85,7 @@ def random_resized_crop(
     height, width = images.shape[1:3]
 
     def one(key, image):
-        return crop_and_resize(image, _crop_box(key, height, width, scale, ratio)).astype(image.dtype)
+        return crop_and_resize(image, sample_crop_box(key, height, width, scale, ratio)).astype(image.dtype)
 
     return per_example(one, rng, images)
 
@@ -179,12 +179,12 @@ def color_jitter(
         ]
         order = jax.random.permutation(k_order, len(ops)) if random_order else jnp.arange(len(ops))
 
+        params = jnp.stack(params)
+
         def apply_all(x):
-            x = x.astype(jnp.float32)
-            for step in range(len(ops)):
-                op = order[step]
-                x = jax.lax.switch(op, branches, x, jnp.stack(params)[op])
-            return x.astype(image.dtype)
+            # fori_loop keeps one copy of the branches in the compiled program.
+            step = lambda i, x: jax.lax.switch(order[i], branches, x, params[order[i]])  # noqa: E731
+            return jax.lax.fori_loop(0, len(ops), step, x.astype(jnp.float32)).astype(image.dtype)
 
         return _maybe(k_apply, prob, apply_all, image)
 

@@ -55,7 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     # name -> ConfigDict(type=<registered evaluator>, split, every, batch_size, ...)
     c.evals = ml_collections.ConfigDict()
-    c.nan_policy = "stop"  # stop: raise naming the metrics | skip: drop the update, count it
+    c.nan_policy = "stop"
+
+    # Scale and performance.
+    c.grad_accum_steps = 1  # micro-batches per step (must divide the per-device batch)
+    c.profile_steps = ()  # e.g. (10, 12): jax.profiler trace of steps 10..12 into workdir/profile
+    c.peak_flops_per_device = 0.0  # for MFU; 0 -> table in jaxsup/metrics.py (none on CPU)  # stop: raise naming the metrics | skip: drop the update, count it
     return c
 
 

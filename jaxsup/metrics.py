@@ -101,3 +101,71 @@ class StepTimer:
             out = {"perf/step_time_s": dt, "perf/steps_per_s": 1.0 / dt, "perf/examples_per_s": self.batch_size / dt}
         self._t, self._step = now, step
         return out
+
+
+# Dense bf16 peak FLOP/s per device (vendor datasheets); matched as substrings
+# of `jax.devices()[0].device_kind`, first match wins.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 197e12),  # v5e / "TPU v5 lite"
+    ("TPU v4", 275e12),
+    ("TPU v3", 123e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device: `override` if > 0, else the table, else None (e.g. CPU)."""
+    if override > 0:
+        return float(override)
+    for name, flops in PEAK_BF16_FLOPS:
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def compiled_stats(compiled) -> dict[str, float]:
+    """FLOPs per device and XLA temp/argument bytes of a compiled (AOT) function."""
+    stats: dict[str, float] = {}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and "flops" in cost:
+        stats["flops_per_device"] = float(cost["flops"])
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        stats["temp_bytes"] = float(memory.temp_size_in_bytes)
+        stats["argument_bytes"] = float(memory.argument_size_in_bytes)
+    return stats
+
+
+def mfu(flops_per_device: float | None, step_time_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s per device over the peak."""
+    if not flops_per_device or not peak or step_time_s <= 0:
+        return None
+    return flops_per_device / step_time_s / peak
+
+
+class Profiler:
+    """jax.profiler trace covering the steps in `steps` (first..last), into workdir/profile."""
+
+    def __init__(self, workdir: str, steps) -> None:
+        steps = sorted(int(s) for s in steps)
+        self.first, self.last = (steps[0], steps[-1]) if steps else (None, None)
+        self.logdir = os.path.join(workdir, "profile")
+        self.active = False
+
+    def before_step(self, step: int) -> None:
+        if step == self.first and jax.process_index() == 0:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+
+    def after_step(self, step: int, outputs) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self.active = False
+            log.info("Profiler trace of steps %d..%d written to %s", self.first, self.last, self.logdir)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxsup import checkpoint, distributed, metrics as metrics_lib, optim, registry, sharding
+from jaxsup.step import TrainState, make_train_step
 from jaxsup.data import pipeline, preprocess, sources
 
 log = logging.getLogger("jaxsup")
@@ -36,43 +36,13 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # int32 scalar: number of updates applied
-    params: Any
-    opt_state: Any
-    task_state: Any  # checkpointed, no gradients (BN stats, EMA teacher, buffers)
-
-
 NAN_POLICIES = ("stop", "skip")
 
 
-def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
-
-
-def make_train_step(task, optimizer: optax.GradientTransformation, schedule: optax.Schedule, seed: int):
-    """step(state, frozen, batch) -> (state, metrics); a non-finite step changes nothing."""
-
-    def train_step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
-
-        def loss_of(params):
-            return task.loss_fn(params, state.task_state, frozen, batch, rng, state.step)
-
-        (loss, (task_metrics, task_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm, update_norm = optax.global_norm(grads), optax.global_norm(updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
-        new_state = TrainState(state.step + 1, *tree_where(finite, (params, opt_state, task_state),
-                                                           (state.params, state.opt_state, state.task_state)))
-        out = {f"train/{k}": v for k, v in task_metrics.items()}
-        out.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/update_norm": update_norm, "train/lr": schedule(state.step),
-                    "train/nonfinite": 1.0 - finite.astype(jnp.float32)})
-        return new_state, out
-
-    return train_step
+def example_global(example: dict, batch_sharding, config) -> dict:
+    """A zero global batch shaped like the train batches (to compile when no step is left)."""
+    shape = lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype, sharding=batch_sharding)  # noqa: E731
+    return jax.tree.map(shape, example)
 
 
 def nonfinite_names(metrics: dict[str, float]) -> list[str]:
@@ -141,12 +111,28 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     start_step = int(state.step)
 
     # ------------------------------------------------------------ jitted step
-    train_step = jax.jit(
-        make_train_step(task, optimizer, schedule, config.seed),
+    micro_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, sharding.data_axes(mesh, config.batch_axes))
+    )
+    if config.batch_size % (config.grad_accum_steps * sharding.num_batch_shards(mesh, config.batch_axes)):
+        raise ValueError(
+            f"config.grad_accum_steps={config.grad_accum_steps} micro-batches do not divide the per-device "
+            f"batch (batch_size={config.batch_size} over {sharding.num_batch_shards(mesh, config.batch_axes)} devices)."
+        )
+    step_fn = jax.jit(
+        make_train_step(task, optimizer, schedule, config.seed, config.grad_accum_steps, micro_sharding),
         in_shardings=(state_shardings, frozen_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+    batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
+    first_batch = pipeline.to_global(next(batches), batch_sharding) if start_step < config.total_steps else None
+    compile_start = time.perf_counter()
+    train_step = step_fn.lower(state, frozen, first_batch or example_global(example, batch_sharding, config)).compile()
+    perf = {"perf/compile_s": time.perf_counter() - compile_start, **{
+        f"perf/{k}": v for k, v in metrics_lib.compiled_stats(train_step).items()}}
+    peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.peak_flops_per_device)
+    log.info("Train step compiled: %s", json.dumps(perf))
     predict = jax.jit(task.predict)
 
     def run_evals(step: int) -> dict[str, float]:
@@ -164,13 +150,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # ------------------------------------------------------------------- loop
     ckpt.install_sigterm_handler()
     timer = metrics_lib.StepTimer(config.batch_size)
+    profiler = metrics_lib.Profiler(workdir, config.profile_steps)
+    writer.write(start_step, perf)
     last: dict[str, float] = {}
     skipped = 0
-    batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            batch = pipeline.to_global(next(batches), batch_sharding)
+            batch = first_batch if step == start_step + 1 else pipeline.to_global(next(batches), batch_sharding)
+            profiler.before_step(step)
             state, step_metrics = train_step(state, frozen, batch)
+            profiler.after_step(step, step_metrics)
             if float(step_metrics["train/nonfinite"]):
                 bad = nonfinite_names(metrics_lib.to_floats(step_metrics))
                 if config.nan_policy == "stop":
@@ -182,6 +171,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 log.warning("Step %d: non-finite %s, update skipped (%d so far).", step, bad, skipped)
             if step % config.log_every == 0 or step == config.total_steps:
                 last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step), "train/skipped_steps": skipped}
+                utilisation = metrics_lib.mfu(perf.get("perf/flops_per_device"), last.get("perf/step_time_s", 0), peak)
+                if utilisation is not None:
+                    last["perf/mfu"] = utilisation
                 writer.write(step, last)
                 writer.progress(step, {k: v for k, v in last.items() if k in ("train/loss", "perf/steps_per_s")})
             if any(ev_cfg.every and step % ev_cfg.every == 0 for ev_cfg in config.evals.values()) or step == config.total_steps:

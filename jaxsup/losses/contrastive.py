@@ -108,20 +108,6 @@ def _softmax_reference(zimg, ztxt, scale) -> tuple[jax.Array, Metrics]:
     return loss, metrics
 
 
-def _softmax_chunked(zimg, ztxt, scale, tile, *, with_grad=True) -> tuple[jax.Array, Metrics]:
-    if with_grad:
-        res = ck.tiled_lse(zimg, ztxt, scale, tile, False, True)
-    else:  # max-only pass for metrics: LSE fields are not computed
-        rows, cols = ck.lse_forward(
-            zimg, ztxt, scale, ck.init_stats(zimg.shape[0], zimg), ck.init_stats(ztxt.shape[0], ztxt),
-            tile=tile, with_sumexp=False,
-        )
-        res = ck.LseResult(rows.max, rows.argmax, cols.max, cols.argmax)
-    pos = scale * ck.row_dot(zimg, ztxt)
-    ids = jnp.arange(zimg.shape[0])
-    return ck.softmax_loss_and_metrics(pos, res, ids, zimg.shape[0], ck.local_total)
-
-
 def softmax_contrastive(
     zimg: jax.Array,
     ztxt: jax.Array,
@@ -148,12 +134,13 @@ def softmax_contrastive(
 
     def pallas():
         loss = _pallas_api().softmax_contrastive_loss(zimg, ztxt, log_t)
-        _, metrics = _softmax_chunked(*_stopped(zimg, ztxt, scale), tile, with_grad=False)
+        a, c, s = _stopped(zimg, ztxt, scale)
+        metrics = ck.softmax_metrics(a, c, s, *ck.argmax_pass(a, c, s, tile, "clip", True))
         return jnp.asarray(loss, F32), metrics
 
     return run_impl(name, impl, {
         "reference": lambda: _softmax_reference(zimg, ztxt, scale),
-        "chunked": lambda: _softmax_chunked(zimg, ztxt, scale, tile),
+        "chunked": lambda: ck.softmax_contrastive(zimg, ztxt, scale, tile),
         "pallas": pallas,
     }, fallback)
 
@@ -174,26 +161,6 @@ def _sigmoid_reference(zimg, ztxt, scale, bias) -> tuple[jax.Array, Metrics]:
         "img2txt_top1": jnp.mean((jnp.argmax(logits, 1) == jnp.arange(n)).astype(F32)),
     }
     return loss, metrics
-
-
-def _sigmoid_chunked(zimg, ztxt, scale, bias, tile) -> tuple[jax.Array, Metrics]:
-    neg_sum, row_argmax = ck.tiled_negative_log_sigmoid(zimg, ztxt, scale, bias, tile)
-    n = zimg.shape[0]
-    return ck.sigmoid_loss_and_metrics(
-        neg_sum, zimg, ztxt, scale, bias, row_argmax, jnp.arange(n), n, ck.local_total
-    )
-
-
-def _sigmoid_metrics_only(zimg, ztxt, scale, bias, tile) -> Metrics:
-    zimg, ztxt, scale, bias = _stopped(zimg, ztxt, scale, bias)
-    rows, _ = ck.lse_forward(
-        zimg, ztxt, scale, ck.init_stats(zimg.shape[0], zimg), None, tile=tile, with_sumexp=False
-    )
-    n = zimg.shape[0]
-    return ck.sigmoid_loss_and_metrics(
-        jnp.zeros((), F32), zimg, ztxt, scale, bias, rows.argmax, jnp.arange(n), n,
-        ck.local_total,
-    )[1]
 
 
 def sigmoid_contrastive(
@@ -224,11 +191,13 @@ def sigmoid_contrastive(
 
     def pallas():
         loss = _pallas_api().sigmoid_contrastive_loss(zimg, ztxt, log_t, b)
-        return jnp.asarray(loss, F32), _sigmoid_metrics_only(zimg, ztxt, scale, bias, tile)
+        a, c, s, bb = _stopped(zimg, ztxt, scale, bias)
+        row_argmax, _ = ck.argmax_pass(a, c, s, tile, "clip", False)
+        return jnp.asarray(loss, F32), ck.sigmoid_metrics(a, c, s, bb, row_argmax)
 
     return run_impl(name, impl, {
         "reference": lambda: _sigmoid_reference(zimg, ztxt, scale, bias),
-        "chunked": lambda: _sigmoid_chunked(zimg, ztxt, scale, bias, tile),
+        "chunked": lambda: ck.sigmoid_contrastive(zimg, ztxt, scale, bias, tile),
         "pallas": pallas,
     }, fallback)
 
@@ -237,7 +206,9 @@ def sigmoid_contrastive(
 
 
 def _nt_xent_reference(z1, z2, scale) -> tuple[jax.Array, Metrics]:
-    z, twin = ck.nt_xent_views(z1, z2)
+    n = z1.shape[0]
+    z = jnp.concatenate([z1, z2])
+    twin = (jnp.arange(2 * n) + n) % (2 * n)
     logits = scale * jnp.dot(z, z.T, preferred_element_type=F32)
     not_self = ~jnp.eye(z.shape[0], dtype=bool)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, twin, where=not_self))
@@ -247,22 +218,6 @@ def _nt_xent_reference(z1, z2, scale) -> tuple[jax.Array, Metrics]:
         "top1": jnp.mean((jnp.argmax(logits, 1) == twin).astype(F32)),
     }
     return loss, metrics
-
-
-def _nt_xent_chunked(z1, z2, scale, tile, *, with_grad=True) -> tuple[jax.Array, Metrics]:
-    z, twin = ck.nt_xent_views(z1, z2)
-    if with_grad:
-        res = ck.tiled_lse(z, z, scale, tile, True, False)
-    else:  # max-only pass for metrics
-        rows, _ = ck.lse_forward(
-            z, z, scale, ck.init_stats(z.shape[0], z), None, tile=tile, exclude_diagonal=True,
-            with_sumexp=False,
-        )
-        res = ck.LseResult(rows.max, rows.argmax, None, None)
-    pos = scale * ck.row_dot(z, z[twin])
-    return ck.nt_xent_loss_and_metrics(
-        pos, res.row_lse, res.row_argmax, twin, z.shape[0], ck.local_total
-    )
 
 
 def nt_xent(
@@ -291,11 +246,12 @@ def nt_xent(
 
     def pallas():
         loss = _pallas_api().nt_xent_loss(z1, z2, tau)
-        _, metrics = _nt_xent_chunked(*_stopped(z1, z2, scale), tile, with_grad=False)
-        return jnp.asarray(loss, F32), metrics
+        z, s = _stopped(ck.nt_xent_views(z1, z2), scale)
+        row_argmax, _ = ck.argmax_pass(z, z, s, tile, "nt_xent", False)
+        return jnp.asarray(loss, F32), ck.nt_xent_metrics(z, s, row_argmax)
 
     return run_impl(name, impl, {
         "reference": lambda: _nt_xent_reference(z1, z2, scale),
-        "chunked": lambda: _nt_xent_chunked(z1, z2, scale, tile),
+        "chunked": lambda: ck.nt_xent(z1, z2, scale, tile),
         "pallas": pallas,
     }, fallback)

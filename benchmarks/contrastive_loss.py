@@ -1,0 +1,104 @@
+"""Forward+backward time and XLA scratch memory of the contrastive-loss impls.
+
+    python benchmarks/contrastive_loss.py [--loss softmax sigmoid nt_xent]
+        [--impl reference chunked pallas] [--batch 1024 4096 16384] [--dim 256]
+        [--tile 512] [--repeats 3]
+
+For each loss and batch size B it compiles `jit(grad(loss))` w.r.t. both
+embeddings and the scalars for each impl, reads
+`memory_analysis().temp_size_in_bytes`, times the median of `--repeats` runs
+(after one warm-up run) and prints ratios against "reference". Impls that
+cannot run on this backend (e.g. "pallas" on CPU) are skipped with a note.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsup.losses import contrastive
+
+LOSSES = {
+    "softmax": (contrastive.softmax_contrastive, (np.log(10.0),)),
+    "sigmoid": (contrastive.sigmoid_contrastive, (np.log(10.0), -10.0)),
+    "nt_xent": (contrastive.nt_xent, (0.1,)),
+}
+
+
+def _grad_fn(loss: str, impl: str, tile: int):
+    fn, scalars = LOSSES[loss]
+    argnums = tuple(range(2 + len(scalars)))
+
+    def total(*args):
+        return fn(*args, impl=impl, tile=tile)[0]
+
+    return jax.jit(jax.value_and_grad(total, argnums=argnums)), scalars
+
+
+def _inputs(batch: int, dim: int, dtype) -> tuple[jax.Array, jax.Array]:
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    z1 = jax.random.normal(k1, (batch, dim), jnp.float32)
+    z2 = z1 + 0.5 * jax.random.normal(k2, (batch, dim), jnp.float32)
+    norm = lambda z: (z / jnp.linalg.norm(z, axis=1, keepdims=True)).astype(dtype)
+    return norm(z1), norm(z2)
+
+
+def measure(loss: str, impl: str, batch: int, dim: int, tile: int, repeats: int, dtype):
+    """(median seconds, temp bytes) of one fwd+bwd, or a string saying why not."""
+    f, scalars = _grad_fn(loss, impl, tile)
+    z1, z2 = _inputs(batch, dim, dtype)
+    args = (z1, z2, *(jnp.float32(s) for s in scalars))
+    try:
+        compiled = f.lower(*args).compile()
+    except ValueError as err:  # e.g. impl="pallas" on a backend it cannot run on
+        return f"skipped: {err}"
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), temp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loss", nargs="+", default=["softmax"], choices=sorted(LOSSES))
+    parser.add_argument("--impl", nargs="+", default=["reference", "chunked", "pallas"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1024, 4096, 16384])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--tile", type=int, default=contrastive.DEFAULT_TILE)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    dtype = jnp.dtype(args.dtype)
+    print(f"backend={jax.default_backend()} devices={jax.devices()[0].device_kind} "
+          f"dim={args.dim} tile={args.tile} dtype={args.dtype}")
+    header = f"{'loss':8} {'B':>6} {'impl':10} {'fwd+bwd ms':>11} {'temp MiB':>10} " \
+             f"{'time/ref':>9} {'mem/ref':>9}"
+    print(header)
+    print("-" * len(header))
+    for loss in args.loss:
+        for batch in args.batch:
+            ref = None
+            for impl in args.impl:
+                result = measure(loss, impl, batch, args.dim, args.tile, args.repeats, dtype)
+                if isinstance(result, str):
+                    print(f"{loss:8} {batch:6d} {impl:10} {result[:90]}")
+                    continue
+                seconds, temp = result
+                if impl == "reference":
+                    ref = result
+                ratios = (f"{seconds / ref[0]:9.2f} {temp / max(ref[1], 1):9.4f}"
+                          if ref else f"{'-':>9} {'-':>9}")
+                print(f"{loss:8} {batch:6d} {impl:10} {seconds * 1e3:11.1f} "
+                      f"{temp / 2**20:10.1f} {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

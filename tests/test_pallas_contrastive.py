@@ -9,7 +9,6 @@ matmul (the bf16 forward is exact products with f32 sums, so it keeps 1e-5).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -201,27 +200,28 @@ def test_softmax_pair_blocks_combine_like_a_ring():
     """Two column blocks with a traced self offset: logaddexp-combined row LSEs,
     concatenated column LSEs and summed block backwards (fed the FINAL LSEs)
     equal the whole-matrix reference and its gradients."""
-    zq, zk = embeddings(5, 21, 37, 33)
+    zq, zk = embeddings(5, 21, 32, 33)
     global_offset, cut = 3, 16
-    g_row, g_col = _split(jax.random.normal(jax.random.key(9), (21 + 37,)), 21)
+    g_row, g_col = _split(jax.random.normal(jax.random.key(9), (21 + 32,)), 21)
     ref_row, ref_col = reference.pair_logsumexp(zq, zk, LOG_T, global_offset)
     _, vjp = jax.vjp(lambda a, b, t: reference.pair_logsumexp(a, b, t, global_offset), zq, zk,
                      jnp.float32(LOG_T))
     ref_dzq, ref_dzk, ref_dlt = vjp((g_row, g_col))
 
-    pair = jax.jit(lambda a, b, o: api.softmax_pair_lse(a, b, LOG_T, self_offset=o, **INTERPRET))
+    # Equal block shapes and a traced offset: one compile serves both blocks.
+    forward = jax.jit(lambda b, o: api.softmax_pair_lse(zq, b, LOG_T, self_offset=o, **INTERPRET))
+    backward = jax.jit(lambda b, o, row, col, g_c: api.softmax_pair_lse_backward(
+        zq, b, LOG_T, row, col, g_row, g_c, self_offset=o, **INTERPRET))
     blocks = list(zip(_split(zk, cut), (global_offset, global_offset - cut)))
-    parts = [pair(zq, zk_b, jnp.int32(o)) for zk_b, o in blocks]
+    parts = [forward(zk_b, jnp.int32(o)) for zk_b, o in blocks]
     row = jnp.logaddexp(parts[0][0], parts[1][0])
     col = jnp.concatenate([parts[0][1], parts[1][1]])
     assert_close(row, ref_row, 1e-5)
     assert_close(col, ref_col, 1e-5)
 
     dzq, dzk, dlt = 0.0, [], 0.0
-    for (zk_b, o), col_b, gcol_b in zip(blocks, _split(col, cut), _split(g_col, cut)):
-        dq, dk, dt = jax.jit(functools.partial(
-            api.softmax_pair_lse_backward, self_offset=o, **INTERPRET))(
-                zq, zk_b, LOG_T, row, col_b, g_row, gcol_b)
+    for (zk_b, o), col_b, g_col_b in zip(blocks, _split(col, cut), _split(g_col, cut)):
+        dq, dk, dt = backward(zk_b, jnp.int32(o), row, col_b, g_col_b)
         dzq, dlt = dzq + dq, dlt + dt
         dzk.append(dk)
     assert_close(dzq, ref_dzq, 1e-5)
@@ -243,23 +243,30 @@ def test_softmax_pair_lse_grad_and_empty_rows():
 
 
 def test_sigmoid_pair_blocks_sum_like_a_ring():
-    zq, zk = embeddings(7, 21, 37, 33)
+    """Row sums of two column blocks add up; their block backwards sum to the
+    whole-matrix gradients (positives where the global row equals the column)."""
+    zq, zk = embeddings(7, 21, 32, 33)
     cut, g_row = 16, jnp.linspace(0.5, 2.0, 21)
     fn = lambda a, b, t, bias: jnp.sum(g_row * reference.sigmoid_pair_row_sums(a, b, t, bias, 0))
     ref_loss, ref_grads = value_and_grads(fn, zq, zk, jnp.float32(LOG_T), jnp.float32(SIGLIP_BIAS))
+    forward = jax.jit(lambda b, o: api.sigmoid_pair_row_sums(
+        zq, b, LOG_T, SIGLIP_BIAS, positive_offset=o, **INTERPRET))
+    backward = jax.jit(lambda b, o: api.sigmoid_pair_row_sums_backward(
+        zq, b, LOG_T, SIGLIP_BIAS, g_row, positive_offset=o, **INTERPRET))
     total, dzq, dzk, dlt, db = 0.0, 0.0, [], 0.0, 0.0
     for zk_b, o in zip(_split(zk, cut), (0, -cut)):
-        kw = dict(positive_offset=o, **INTERPRET)
-        sums = jax.jit(functools.partial(api.sigmoid_pair_row_sums, **kw))(
-            zq, zk_b, LOG_T, SIGLIP_BIAS)
-        total = total + jnp.sum(g_row * sums)
-        dq, dk, dt, dbias = jax.jit(functools.partial(api.sigmoid_pair_row_sums_backward, **kw))(
-            zq, zk_b, LOG_T, SIGLIP_BIAS, g_row)
+        total = total + jnp.sum(g_row * forward(zk_b, jnp.int32(o)))
+        dq, dk, dt, dbias = backward(zk_b, jnp.int32(o))
         dzq, dlt, db = dzq + dq, dlt + dt, db + dbias
         dzk.append(dk)
     assert_close(total, ref_loss, 1e-5)
     for got, want in zip((dzq, jnp.concatenate(dzk), dlt, db), ref_grads):
         assert_close(got, want, 1e-5)
+
+
+def _weighted(row_col):
+    row, col = row_col
+    return jnp.sum(jnp.linspace(-1.0, 1.0, row.shape[0]) * row) + jnp.sum(col ** 2)
 
 
 def test_tpu_grid_driver_in_interpret_mode():
@@ -268,8 +275,8 @@ def test_tpu_grid_driver_in_interpret_mode():
     zq, zk = embeddings(8, 37, 21, 33)
     lt, bias, off = jnp.float32(LOG_T), jnp.float32(SIGLIP_BIAS), jnp.int32(1)
     cases = [
-        (lambda a, b, t: jnp.sum(jnp.stack(primitives.softmax_pair(cfg, True, a, b, t, off)[0])),
-         lambda a, b, t: jnp.sum(reference.pair_logsumexp(a, b, t, 1)[0])),
+        (lambda a, b, t: _weighted(primitives.softmax_pair(cfg, True, a, b, t, off)),
+         lambda a, b, t: _weighted(reference.pair_logsumexp(a, b, t, 1))),
         (lambda a, b, t: jnp.sum(primitives.sigmoid_pair(cfg, True, a, b, t, bias, off) ** 2),
          lambda a, b, t: jnp.sum(reference.sigmoid_pair_row_sums(a, b, t, bias, 1) ** 2)),
         (lambda a, b, t: jnp.sum(jnp.cos(primitives.symmetric_lse(cfg, a, t))),
@@ -290,7 +297,10 @@ def test_kernels_lower_for_device_backends(platform, driver, block):
     """Triton and Mosaic-TPU lowering of forward + backward runs without the device
     (catches constructs that only interpret mode accepts)."""
     cfg = KernelConfig(driver=driver, interpret=False, block_q=block, block_k=block)
-    spec = jax.ShapeDtypeStruct((200, 33), jnp.bfloat16)
+    # 150 rows pad to 192 with 64-row blocks: not a power of two, as Triton allows
+    # for whole-array refs that are only sliced in power-of-two pieces.
+    spec_q = jax.ShapeDtypeStruct((200, 33), jnp.bfloat16)
+    spec_k = jax.ShapeDtypeStruct((150, 33), jnp.bfloat16)
     scalar, offset = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
 
     def all_families(a, b, t, o):
@@ -298,7 +308,7 @@ def test_kernels_lower_for_device_backends(platform, driver, block):
         sig = primitives.sigmoid_pair(cfg, True, a, b, t, t, o)
         return jnp.sum(row) + jnp.sum(col) + jnp.sum(sig) + jnp.sum(primitives.symmetric_lse(cfg, a, t))
 
-    traced = jax.jit(jax.grad(all_families, argnums=(0, 1, 2))).trace(spec, spec, scalar, offset)
+    traced = jax.jit(jax.grad(all_families, argnums=(0, 1, 2))).trace(spec_q, spec_k, scalar, offset)
     text = traced.lower(lowering_platforms=(platform,)).as_text()
     assert text.count("custom_call") >= 7
 
@@ -346,9 +356,13 @@ def test_triton_kernel_matches_reference_on_gpu(name, rows, dim, dtype, grad_rto
     loss, grads = value_and_grads(jax.jit(lambda *a: fn(*a, backend="triton")), *args)
     upcast = [a.astype(jnp.float32) if hasattr(a, "dtype") else a for a in args]
     ref_loss, ref_grads = value_and_grads(jax.jit(ref_fn), *upcast)
-    assert_close(loss, ref_loss, 1e-5)
+    # Losses and scalar gradients sum up to B^2 terms in another order than XLA's
+    # reduction: 1e-4 there (bf16 forward: exact products, f32 sums).
+    assert_close(loss, ref_loss, 1e-5 if dtype == jnp.float32 else 1e-4)
     for g, ref_g in zip(grads[:2], ref_grads[:2]):
         assert_close(g, ref_g, grad_rtol)
+    for g, ref_g in zip(grads[2:], ref_grads[2:]):
+        assert_close(g, ref_g, max(grad_rtol, 1e-4))
 
 
 @pytest.mark.gpu

@@ -230,8 +230,8 @@ def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
 class _Specs:
     """BlockSpecs of one driver; `rows(w)` / `cols(h)` are per-row / per-column blocks."""
 
-    def __init__(self, cfg: KernelConfig, geo: _Geometry, n_q_rows: int, n_k_rows: int):
-        self.cfg, self.geo = cfg, geo
+    def __init__(self, cfg: KernelConfig, geo: _Geometry, n_q_rows: int, n_k_rows: int, dim: int):
+        self.cfg, self.geo, self.dim = cfg, geo, dim
         n_q_blocks = n_q_rows // geo.block_q
         if cfg.driver == "grid":
             self.grid = (n_q_blocks, geo.num_k_blocks)
@@ -252,9 +252,11 @@ class _Specs:
             kwargs["scratch_shapes"] = scratch_shapes
             if not cfg.interpret:
                 kwargs["compiler_params"] = pltpu.CompilerParams(
-                    dimension_semantics=("parallel", "arbitrary"))
+                    dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY))
         elif not cfg.interpret:
-            big = self.geo.block_q * self.geo.block_k >= 128 * 128
+            # Unmeasured heuristic: more warps once a tile or the [block_q, D]
+            # accumulator gets large.
+            big = self.geo.block_q * max(self.geo.block_k, self.dim) >= 128 * 128
             kwargs["compiler_params"] = pltriton.CompilerParams(
                 num_warps=cfg.num_warps or (8 if big else 4),
                 num_stages=cfg.num_stages or 2,
@@ -286,7 +288,7 @@ def row_reduce(tiles, cfg: KernelConfig, zq, zk, scalars, offset, *,
     """
     _check_operands(zq, zk, scalars, offset)
     geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag)
-    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0])
+    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     width = geo.lanes
     zk_spec = _zk_spec(cfg, geo, zk.shape)
     scratch = [pltpu.VMEM((geo.block_q, width), jnp.float32)
@@ -324,7 +326,7 @@ def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, 
     if len(q_vecs) != tiles.n_vecs or len(k_vecs) != tiles.n_vecs:
         raise ValueError(f"expected {tiles.n_vecs} row and column vectors")
     geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag)
-    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0])
+    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     rows, dp, width = zq.shape[0], zq.shape[1], geo.lanes
     out_specs = [specs.rows(dp)]
     out_shape = [jax.ShapeDtypeStruct((rows, dp), jnp.float32)]

@@ -1,0 +1,121 @@
+"""Device-ring contrastive losses on 8 simulated CPU devices vs the reference.
+
+The sharded losses must equal `impl="reference"` on the gathered batch (itself
+checked against NumPy in test_contrastive_losses.py): values, metrics and
+gradients w.r.t. both embeddings and the scalars, on a 1-D mesh and on a
+("data", "model") mesh with the batch sharded on "data" only; and their
+compiled program must move blocks with collective-permutes, never all-gather.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxsup.losses import distributed as D
+from test_contrastive_losses import LOSSES, assert_close, loss_metrics_grads, normalised_pair, run
+
+SHARDED = {
+    "softmax": D.sharded_softmax_contrastive,
+    "sigmoid": D.sharded_sigmoid_contrastive,
+    "nt_xent": D.sharded_nt_xent,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def mesh(shape: tuple[int, ...]) -> Mesh:
+    names = ("data", "model")[: len(shape)]
+    return Mesh(np.array(jax.devices()[: int(np.prod(shape))]).reshape(shape), names)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eight_devices():
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets them up on CPU)")
+
+
+# (mesh shape, B, D, tile): one row per device; 3 rows per device with tile 2
+# (not a multiple); ("data", 4) x ("model", 2) with 4 rows per device, tile 3.
+CASES = [((8,), 8, 3, 4), ((8,), 24, 5, 2), ((4, 2), 16, 4, 3)]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("mesh_shape,batch,dim,tile", CASES)
+def test_ring_matches_reference(name, mesh_shape, batch, dim, tile):
+    _, _, scalars = LOSSES[name]
+    x, y = normalised_pair(batch, dim)
+    got = loss_metrics_grads(SHARDED[name], x, y, scalars, mesh=mesh(mesh_shape), tile=tile)
+    assert_close(got, run(name, "reference", batch, dim))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ring_bf16_matches_reference(name):
+    """bf16 inputs: loss in f32 to rtol 1e-5; bf16 gradients to bf16 rounding."""
+    _, _, scalars = LOSSES[name]
+    x, y = normalised_pair(16, 8, dtype=jnp.bfloat16)
+    loss, metrics, grads = loss_metrics_grads(SHARDED[name], x, y, scalars, mesh=mesh((8,)))
+    want_loss, want_metrics, want_grads = loss_metrics_grads(
+        LOSSES[name][0], x, y, scalars, impl="reference"
+    )
+    assert loss.dtype == jnp.float32 and grads[0].dtype == jnp.bfloat16
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for key in want_metrics:
+        np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-4, err_msg=key)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(np.float32(g), np.float32(w), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ring_moves_blocks_without_all_gather(name):
+    _, _, scalars = LOSSES[name]
+    batch, dim = 64, 8
+    emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def loss(*args):
+        return SHARDED[name](*args, mesh=mesh((8,)), tile=4)[0]
+
+    argnums = tuple(range(2 + len(scalars)))
+    hlo = jax.jit(jax.grad(loss, argnums)).lower(emb, emb, *[scalar] * len(scalars))
+    text = hlo.compile().as_text()
+    assert "collective-permute" in text
+    assert "all-gather" not in text and "all-to-all" not in text
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_ring_function_inside_user_shard_map(check_vma):
+    """The per-device function in a caller's own shard_map: the loss is the
+    same on every device and its gradients equal the reference's."""
+    x, y = normalised_pair(16, 4)
+    log_t = jnp.float32(np.log(10.0))
+
+    def per_device(x_blk, y_blk, log_t):
+        loss, _ = D.ring_softmax_contrastive(x_blk, y_blk, log_t, "data", tile=2)
+        return loss[None]
+
+    mapped = jax.shard_map(
+        per_device, mesh=mesh((8,)), in_specs=(P("data"), P("data"), P()),
+        out_specs=P("data"), check_vma=check_vma,
+    )
+    losses = jax.jit(mapped)(x, y, log_t)
+    want_loss, _, want_grads = run("softmax", "reference", 16, 4)
+    np.testing.assert_allclose(losses, np.full(8, want_loss), rtol=1e-5)
+    grads = jax.jit(jax.grad(lambda *a: mapped(*a)[0], argnums=(0, 1, 2)))(x, y, log_t)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_bad_inputs_raise_value_error():
+    x, y = normalised_pair(12, 4)
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        D.sharded_softmax_contrastive(x, y, 0.0, mesh=mesh((8,)))
+    with pytest.raises(ValueError, match="axis 'batch' is not in the mesh"):
+        D.sharded_nt_xent(x, y, 0.1, mesh=mesh((8,)), axis="batch")
+    with pytest.raises(ValueError, match="same"):
+        D.sharded_sigmoid_contrastive(x, y[:, :3], 0.0, 0.0, mesh=mesh((4, 2)))
+    with pytest.raises(ValueError, match="tile"):
+        D.sharded_softmax_contrastive(x[:8], y[:8], 0.0, mesh=mesh((8,)), tile=0)

@@ -323,6 +323,16 @@ def test_auto_backend_on_cpu_raises():
         api.nt_xent_loss(zi, zt, TAU, backend="triton")
 
 
+def test_kernel_config_block_sizes():
+    """Defaults follow the on-chip budget, shrink to small batches, TPU uses 128."""
+    cfg = api.kernel_config("interpret", n_rows=1000, dim=1000, dtype=jnp.bfloat16)
+    assert (cfg.driver, cfg.block_q, cfg.block_k, cfg.padded_dim(1000)) == ("loop", 16, 32, 1024)
+    cfg = api.kernel_config("interpret", n_rows=5, dim=33, block_q=64)
+    assert (cfg.block_q, cfg.block_k, cfg.padded_dim(33)) == (16, 16, 64)
+    tpu = KernelConfig(driver="grid", interpret=True, block_q=128, block_k=256)
+    assert (tpu.padded_dim(33), tpu.vec_lanes, tpu.vec_sublanes, tpu.row_multiple) == (128, 128, 8, 256)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda a, b: api.softmax_contrastive_loss(a, b[:3], LOG_T, **INTERPRET), "shape mismatch"),
     (lambda a, b: api.sigmoid_contrastive_loss(a, b.astype(jnp.int32), 0.0, 0.0, **INTERPRET), "dtype"),

@@ -48,12 +48,16 @@ runs (BackendUnavailableError otherwise). "mosaic_gpu" is not implemented for
 these kernels and raises BackendUnavailableError (use "triton").
 
 Block sizes: `block_q` rows of zq per program, `block_k` rows of zk per inner
-step. Triton/interpret: powers of two >= 16; defaults shrink with D
-(64/64 up to D=128, then 64/32, 32/32, 16/32) to bound the registers held by
-the [block_q, D] gradient accumulator. TPU: multiples of 128 (default 128).
-The GPU defaults and the num_warps heuristic are unmeasured guesses: tune
-them by timing on the target GPU (none was available when they were chosen).
-Blocks larger than the (padded) batch are shrunk to it.
+step. Triton/interpret: powers of two >= 16. The defaults keep the resident
+zq tile plus its f32 [block_q, D] gradient accumulator, and each pipelined zk
+tile, within ~64 KiB, clamped to [16, 64]: f32 D=128 -> 64/64, D=512 -> 16/32,
+bf16 D=512 -> 16/64, bf16 D=1024 -> 16/32. D is padded to a power of two
+(Triton) or a multiple of 128 (TPU); very wide D (>= 2048 in f32) will exceed
+on-chip memory at any block size (these kernels keep all of D per tile).
+TPU: multiples of 128 (default 128). The GPU defaults and the num_warps
+heuristic are unmeasured guesses: tune them by timing on the target GPU (none
+was available when they were chosen). Blocks larger than the (padded) batch
+are shrunk to it.
 
 Precision: f32 inputs use HIGHEST-precision dots (IEEE f32 on GPU, no TF32),
 so results match the f32 reference; bf16 inputs use bf16 MXU/tensor-core dots
@@ -74,16 +78,21 @@ _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 _TRITON_MIN_BLOCK = 16  # tl.dot needs every dim >= 16.
 
 
-def _default_blocks(driver: str, padded_dim: int) -> tuple[int, int]:
+def _pow2_at_most(x: int) -> int:
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def _default_blocks(driver: str, padded_dim: int, itemsize: int) -> tuple[int, int]:
+    """Unmeasured on-chip budget heuristic (see module docstring), TPU: 128 x 128."""
     if driver == "grid":
         return TPU_LANES, TPU_LANES
-    if padded_dim <= 128:
-        return 64, 64
-    if padded_dim <= 256:
-        return 64, 32
-    if padded_dim <= 512:
-        return 32, 32
-    return 16, 32
+    budget = 64 * 1024  # bytes
+    # block_q: the resident zq tile plus the f32 [block_q, D] gradient accumulator.
+    block_q = _pow2_at_most(budget // (padded_dim * (itemsize + 4)))
+    # block_k: one zk tile per software-pipeline stage (shared memory).
+    block_k = _pow2_at_most(budget // (padded_dim * itemsize))
+    clamp = lambda b: min(64, max(_TRITON_MIN_BLOCK, b))
+    return clamp(block_q), clamp(block_k)
 
 
 def _fit_block(name: str, block: int, driver: str, n_rows: int) -> int:
@@ -102,20 +111,21 @@ def kernel_config(
     *,
     n_rows: int,
     dim: int,
+    dtype=jnp.float32,
     block_q: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
 ) -> KernelConfig:
-    """Resolves the backend and block sizes for operands of `n_rows` rows (the
-    larger side) and `dim` features. Raises BackendUnavailableError or ValueError."""
+    """Resolves the backend and block sizes for `dtype` operands of `n_rows` rows
+    (the larger side) and `dim` features. Raises BackendUnavailableError or ValueError."""
     name = resolve_backend(backend)
     if name == "mosaic_gpu":
         raise BackendUnavailableError(
             "The contrastive Pallas kernels have no Mosaic GPU version; use backend='triton'.")
     driver = "grid" if name == "mosaic_tpu" else "loop"
     probe = KernelConfig(driver, name == "interpret", 1, 1)
-    default_q, default_k = _default_blocks(driver, probe.padded_dim(dim))
+    default_q, default_k = _default_blocks(driver, probe.padded_dim(dim), jnp.dtype(dtype).itemsize)
     return KernelConfig(
         driver=driver,
         interpret=name == "interpret",
@@ -159,7 +169,7 @@ def _offset(name: str, offset) -> tuple[bool, jax.Array]:
 
 def _config(zq, zk, backend, block_q, block_k, num_warps, num_stages) -> KernelConfig:
     return kernel_config(backend, n_rows=max(zq.shape[0], zk.shape[0]), dim=zq.shape[1],
-                         block_q=block_q, block_k=block_k,
+                         dtype=zq.dtype, block_q=block_q, block_k=block_k,
                          num_warps=num_warps, num_stages=num_stages)
 
 

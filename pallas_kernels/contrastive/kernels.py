@@ -95,7 +95,7 @@ class _Geometry(NamedTuple):
     has_diag: bool
     precision: lax.Precision
     lanes: int
-    iota_2d: bool
+    grid_driver: bool
 
 
 def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool) -> _Geometry:
@@ -111,7 +111,7 @@ def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool) -> 
         has_diag=has_diag,
         precision=lax.Precision.HIGHEST if exact else lax.Precision.DEFAULT,
         lanes=cfg.vec_lanes,
-        iota_2d=cfg.driver == "grid",
+        grid_driver=cfg.driver == "grid",
     )
 
 
@@ -122,7 +122,7 @@ def _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo: _Geometry):
     )
     logits = scale * dots + bias
     shape = (geo.block_q, geo.block_k)
-    if geo.iota_2d:  # Mosaic wants full-shape iotas.
+    if geo.grid_driver:  # Mosaic wants full-shape iotas.
         rows = lax.broadcasted_iota(jnp.int32, shape, 0)
         cols = lax.broadcasted_iota(jnp.int32, shape, 1)
     else:  # Triton lowers 1-D aranges broadcast to 2-D.
@@ -139,10 +139,10 @@ def _walk_columns(geo: _Geometry, init: Callable, step: Callable, load_k: Callab
                   finish: Callable, scratch: Sequence) -> None:
     """Runs `step(k_block, carry, *load_k(k_block))` over all column blocks.
 
-    Loop driver (no scratch): a fori_loop carrying values. Grid driver: one
+    Loop driver: a fori_loop carrying values (`scratch` is empty). Grid driver: one
     step per program along grid axis 1, the carry kept in `scratch` refs.
     """
-    if not scratch:
+    if not geo.grid_driver:
         body = lambda k_block, carry: step(k_block, carry, *load_k(k_block))
         finish(lax.fori_loop(0, geo.num_k_blocks, body, init()))
         return

@@ -113,15 +113,14 @@ def test_reference_matches_numpy(rows, dim):
         (reference.softmax_contrastive_loss, (zi, zt, LOG_T), _np_clip(npi, npt, LOG_T)),
         (reference.sigmoid_contrastive_loss, (zi, zt, LOG_T, SIGLIP_BIAS),
          _np_siglip(npi, npt, LOG_T, SIGLIP_BIAS)),
-        (reference.nt_xent_loss, (zi, zt), _np_nt_xent(npi, npt, TAU)),
+        (lambda a, b: reference.nt_xent_loss(a, b, TAU), (zi, zt), _np_nt_xent(npi, npt, TAU)),
     ]
+    scale = 10.0 if rows == 1 else 0.0  # B = 1: CLIP / NT-Xent are exactly 0.
     for fn, args, (np_loss, np_grads) in cases:
-        if fn is reference.nt_xent_loss:
-            fn = lambda a, b: reference.nt_xent_loss(a, b, TAU)
         loss, grads = value_and_grads(fn, *args)
-        assert_close(loss, np_loss, 1e-5)
+        assert_close(loss, np_loss, 1e-5, scale)
         for g, np_g in zip(grads, np_grads):
-            assert_close(g, np_g, 1e-5)
+            assert_close(g, np_g, 1e-5, scale)
 
 
 def test_reference_pair_primitives_match_numpy():

@@ -15,7 +15,7 @@ import numpy as np
 Example = dict[str, Any]
 _OPS: dict[str, Callable[..., Callable[[Example], Example]]] = {}
 # Modules that register more ops (imported by `build`).
-OP_MODULES: tuple[str, ...] = ()
+OP_MODULES: tuple[str, ...] = ("jaxsup.data.image_text",)
 
 
 def register_op(name: str):

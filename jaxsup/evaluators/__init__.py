@@ -1,2 +1,3 @@
 """Evaluators. Importing a module listed in __all__ registers it."""
 __all__ = ["classification"]
+__all__ += ["zero_shot", "retrieval", "linear_probe", "knn"]

@@ -1,2 +1,3 @@
 """Training objectives. Importing a module listed in __all__ registers its tasks."""
 __all__ = ["supervised"]
+__all__ += ["clip", "simclr"]

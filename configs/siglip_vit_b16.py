@@ -1,0 +1,18 @@
+"""SigLIP ViT-B/16 on COCO captions (TFDS), zero-shot on CIFAR-10, retrieval on COCO test.
+
+    python -m jaxsup.train --config configs/siglip_vit_b16.py --workdir $WORKDIR
+
+Same as configs/clip_vit_b16.py (see there: data, tokenizer, "spm=PATH") with
+config.clip.loss = "sigmoid", the SigLIP ring over mesh axis "data".
+"runlocal" switches to the offline digits SigLIP config
+(configs/siglip_digits.py:runlocal) so it runs on a laptop without any dataset.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_vit_b16 import image_text_config  # noqa: E402
+
+
+def get_config(arg=None):
+    return image_text_config("sigmoid", arg)

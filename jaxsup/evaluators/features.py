@@ -1,0 +1,113 @@
+"""Shared by the representation evaluators: run predict over a split once, gather to host.
+
+`eval_data_config(cfg, data_cfg)` lets one evaluator read another dataset or
+preprocessing than training (cfg fields `dataset`, `data_dir`, `preprocess`).
+`extract(...)` returns NumPy arrays of the real (unpadded) rows in split order.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxsup.data import pipeline, sources
+from jaxsup.evaluators.base import Predict, eval_global_batches
+
+
+def eval_data_config(cfg: Any, data_cfg: Any) -> ml_collections.ConfigDict:
+    """data_cfg with the evaluator's overrides: cfg.dataset -> name, cfg.data_dir, cfg.preprocess."""
+    out = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
+    if cfg.get("dataset"):
+        out.name = cfg.dataset
+        out.data_dir = cfg.get("data_dir", "")
+    if cfg.get("preprocess"):
+        out.eval_preprocess = tuple(cfg.preprocess)
+    return out
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A global (possibly multi-process) array -> the full NumPy array on every process."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def extract(
+    predict: Predict,
+    data_cfg: Any,
+    split: str,
+    batch_size: int,
+    sharding: jax.sharding.Sharding,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    keys: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """predict outputs and batch keys over a whole split, real rows only, in split order.
+
+    Args:
+      inputs: batch keys passed to predict (e.g. ("image",)), so only the needed towers run.
+      outputs: predict output names to keep (e.g. ("zimg", "features")).
+      keys: batch keys to keep as they are (e.g. ("label",)).
+    Returns:
+      {name: [N, ...]} for every name in outputs and keys.
+    """
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in (*outputs, *keys)}
+    for batch in eval_global_batches(data_cfg, split, batch_size, sharding):
+        missing = [k for k in (*inputs, *keys) if k not in batch]
+        if missing:
+            raise ValueError(f"Split {split!r} of {data_cfg.name!r}: eval batches lack {missing}; have {sorted(batch)}.")
+        out = predict({k: batch[k] for k in inputs})
+        absent = [k for k in outputs if k not in out]
+        if absent:
+            raise ValueError(f"The task's predict returned {sorted(out)}, not {absent}.")
+        real = to_host(batch["mask"]) > 0
+        for k in outputs:
+            chunks[k].append(to_host(out[k])[real])
+        for k in keys:
+            chunks[k].append(to_host(batch[k])[real])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def predict_rows(
+    predict: Predict, inputs: dict[str, np.ndarray], output: str, batch_size: int, sharding: jax.sharding.Sharding
+) -> np.ndarray:
+    """predict over host arrays (same on every process) [N, ...] in global batches -> output [N, ...]."""
+    n = len(next(iter(inputs.values())))
+    local = pipeline.local_batch_size(batch_size)
+    start = jax.process_index() * local
+    rows = []
+    for k in range(0, n, batch_size):
+        idx = np.minimum(np.arange(k, k + batch_size), n - 1)[start : start + local]
+        batch = pipeline.to_global({name: v[idx] for name, v in inputs.items()}, sharding)
+        rows.append(to_host(predict(batch)[output]))
+    return np.concatenate(rows)[:n]
+
+
+def dataset_class_names(data_cfg: Any, label_key: str = "label") -> tuple[str, ...]:
+    """Names of the ClassLabel feature `label_key` of data_cfg's dataset; ValueError if it has none."""
+    features = sources.dataset_info(data_cfg.name, data_cfg.get("data_dir") or None).features
+    feature = features[label_key] if label_key in features else None
+    names = getattr(feature, "names", None)
+    if not names:
+        raise ValueError(
+            f"Zero-shot class names missing: set the evaluator's class_names, or use a dataset whose "
+            f"{label_key!r} is a ClassLabel (dataset {data_cfg.name!r} has features {sorted(features)})."
+        )
+    return tuple(names)
+
+
+def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """[N, D] rows scaled to unit L2 norm (float32)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """[N] 1.0 where labels[i] is among the k highest scores[i] (ties: strict-greater rank)."""
+    true = np.take_along_axis(scores, labels[:, None].astype(np.int64), axis=1)
+    rank = (scores > true).sum(axis=1)
+    return (rank < k).astype(np.float64)

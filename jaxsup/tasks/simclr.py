@@ -1,0 +1,112 @@
+"""SimCLR self-supervised pretraining (task "simclr"): two augmented views, NT-Xent.
+
+Encoder: any registered image model (`config.model_name`, `config.model`;
+set num_classes=None so it returns features [B, D]); projection head:
+`jaxsup.models.heads.SimCLRHead(**config.simclr.head)`. Batch: {"image":
+[N, H, W, C] float in [0, 1]}; labels are never read. Both views come from
+`jaxsup.data.augment.simclr_augment` with keys split from the step RNG, and
+are encoded in one forward pass ([2N, ...], so BatchNorm statistics are over
+both views of the global batch). The configs use LARS (config.optim.name), as
+SimCLR does.
+
+config.simclr fields:
+  tau: NT-Xent temperature
+  impl: "reference" | "chunked" | "pallas" | "ring" (as in task "clip"); tile, fallback, axis
+  augment: kwargs of simclr_augment (crop_scale, flip, jitter_strength, blur_prob, ...)
+  head: kwargs of SimCLRHead (num_layers, hidden_dim, output_dim, use_bn)
+
+Params / task_state layout: {"encoder": ..., "head": ...}.
+predict(batch) outputs: "features" [N, D] (encoder output, what a linear
+probe reads), "z" [N, output_dim] (unit-norm head output).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxsup import registry
+from jaxsup.data.augment import simclr_augment
+from jaxsup.losses import contrastive, distributed
+from jaxsup.models.heads import SimCLRHead
+from jaxsup.models.two_tower import l2_normalize
+from jaxsup.tasks.base import Batch, Task, build_model, split_variables
+from jaxsup.tasks.clip import CLIP_IMPLS, apply_with_state, task_options
+
+DEFAULTS = dict(
+    tau=0.1, impl="reference", tile=contrastive.DEFAULT_TILE, fallback=True, axis="data",
+    augment={}, head={},
+)
+
+
+def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """NT-Xent of the views z1, z2 [N, E] with the configured implementation."""
+    if opts["impl"] == "ring":
+        return distributed.sharded_nt_xent(z1, z2, opts["tau"], mesh=mesh, axis=opts["axis"], tile=opts["tile"])
+    return contrastive.nt_xent(z1, z2, opts["tau"], impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"])
+
+
+@registry.register("task", "simclr")
+class SimCLR(Task):
+    """Encoder + projection head trained with NT-Xent on two augmented views."""
+
+    def __init__(self, config: Any, mesh):
+        super().__init__(config, mesh)
+        self.opts = task_options(config, "simclr", DEFAULTS)
+        if self.opts["impl"] not in CLIP_IMPLS:
+            raise ValueError(f"Unknown config.simclr.impl {self.opts['impl']!r}; expected one of {CLIP_IMPLS}.")
+        if self.opts["impl"] == "ring" and self.opts["axis"] not in mesh.axis_names:
+            raise ValueError(f"config.simclr.axis {self.opts['axis']!r} is not a mesh axis {mesh.axis_names}.")
+        self.encoder = build_model(config.model_name, config.model)
+        try:
+            self.head = SimCLRHead(**self.opts["head"])
+        except TypeError as err:
+            raise ValueError(f"config.simclr.head {sorted(self.opts['head'])} rejected by SimCLRHead: {err}") from err
+
+    def _features(self, variables, images, train: bool, rng=None):
+        """Encoder features [N, D] (+ updated encoder state); ValueError if not [N, D]."""
+        (feats, _), state = apply_with_state(
+            self.encoder, variables["params"], variables["state"], images, train=train,
+            rngs=None if rng is None else {"dropout": rng},
+        )
+        if feats.ndim != 2:
+            raise ValueError(
+                f"simclr: encoder {self.config.model_name!r} returned shape {feats.shape}; the projection head "
+                "needs features [N, D] (set config.model.num_classes=None on a pooled model)."
+            )
+        return feats, state
+
+    def init(self, rng, batch: Batch):
+        k_enc, k_head = jax.random.split(rng)
+        enc_params, enc_state = split_variables(self.encoder.init(k_enc, batch["image"], train=False))
+        feats, _ = self._features({"params": enc_params, "state": enc_state}, batch["image"], train=False)
+        head_params, head_state = split_variables(self.head.init(k_head, feats, train=False))
+        return {"encoder": enc_params, "head": head_params}, {"encoder": enc_state, "head": head_state}
+
+    def _embed(self, params, task_state, images, train: bool, rng=None):
+        """images -> (features [N, D], unit-norm z [N, E], new task_state)."""
+        feats, enc_state = self._features(
+            {"params": params["encoder"], "state": task_state["encoder"]}, images, train, rng
+        )
+        (z, _), head_state = apply_with_state(self.head, params["head"], task_state["head"], feats, train=train)
+        return feats, l2_normalize(z), {"encoder": enc_state, "head": head_state}
+
+    def loss_fn(self, params, task_state, frozen, batch, rng, step):
+        del frozen, step
+        if "image" not in batch:
+            raise ValueError(f"simclr task: batch has no 'image'; has {sorted(batch)}.")
+        images = batch["image"]
+        k1, k2, k_drop = jax.random.split(rng, 3)
+        views = jnp.concatenate(
+            [simclr_augment(k1, images, **self.opts["augment"]), simclr_augment(k2, images, **self.opts["augment"])]
+        )
+        _, z, task_state = self._embed(params, task_state, views, train=True, rng=k_drop)
+        z1, z2 = jnp.split(z, 2)
+        loss, metrics = nt_xent_loss(z1, z2, self.opts, self.mesh)
+        return loss, (metrics, task_state)
+
+    def predict(self, params, task_state, frozen, batch):
+        del frozen
+        feats, z, _ = self._embed(params, task_state, batch["image"], train=False)
+        return {"features": feats, "z": z}

@@ -1,0 +1,145 @@
+"""Task "clip": loss impls agree (8 devices), predict per tower, smoke runs, bad input."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxsup import registry, sharding
+from jaxsup.config import load_config
+from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.train import train_and_evaluate
+
+from helpers import ROOT
+
+BATCH = 16
+
+
+def tiny_clip_config(spec="configs/clip_digits.py:runlocal", **overrides):
+    """The digits CLIP config with tiny towers and a few steps."""
+    c = load_config(os.path.join(ROOT, spec))
+    c.model.image_kwargs = dict(widths=(16,), num_classes=None)
+    c.model.text_kwargs.update(width=32, depth=1, num_heads=2, mlp_dim=32)
+    c.model.embed_dim = 16
+    c.batch_size = 32
+    c.total_steps = 3
+    c.log_every = 1
+    c.checkpoint.every = 0
+    c.checkpoint.async_save = False
+    c.mesh = (("data", 1),)
+    for ev in c.evals.values():
+        ev.every = 0
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = c
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, leaf, value)
+    return c
+
+
+def digits_batch(config, n=BATCH, split="train"):
+    source = sources.open_source("digits", split)
+    ops = preprocess.build(config.data.preprocess)
+    return next(pipeline.eval_batches(source, ops, n, process_index=0, process_count=1))
+
+
+def loss_and_grads(loss, impl, batch, mesh):
+    config = tiny_clip_config(**{"clip.loss": loss, "clip.impl": impl, "clip.tile": 8})
+    task = registry.get("task", "clip")(config, mesh)
+    params, state = task.init(jax.random.key(0), jax.tree.map(lambda x: x[:1], batch))
+    placed = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, NamedSharding(mesh, P("data")))
+
+    def f(p):
+        return task.loss_fn(p, state, {}, placed, jax.random.key(1), 0)
+
+    (value, (metrics, _)), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+    return task, params, state, value, grads
+
+
+def numpy_clip_loss(zimg, ztxt, out, loss):
+    """DESIGN.md section 3 formulas in float64 NumPy."""
+    zi, zt = np.asarray(zimg, np.float64), np.asarray(ztxt, np.float64)
+    logits = np.exp(float(out["log_t"])) * zi @ zt.T
+    n = len(zi)
+    if loss == "softmax":
+        def ce(s):
+            m = s.max(1, keepdims=True)
+            return np.mean(np.log(np.exp(s - m).sum(1)) + m[:, 0] - np.diag(s))
+        return 0.5 * (ce(logits) + ce(logits.T))
+    y = 2 * np.eye(n) - 1
+    return -np.sum(np.log(1 / (1 + np.exp(-y * (logits + float(out["bias"])))))) / n
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_chunked_and_ring_losses_equal_reference_on_8_devices(loss):
+    mesh = sharding.make_mesh((("data", 8),))
+    batch = digits_batch(tiny_clip_config())
+    task, params, state, ref, ref_grads = loss_and_grads(loss, "reference", batch, mesh)
+    zimg, ztxt, out = task.model.apply({"params": params}, batch["image"], batch["tokens"])
+    np.testing.assert_allclose(ref, numpy_clip_loss(zimg, ztxt, out, loss), rtol=1e-5)
+    for impl in ("chunked", "ring"):
+        _, _, _, value, grads = loss_and_grads(loss, impl, batch, mesh)
+        np.testing.assert_allclose(value, ref, rtol=1e-5, err_msg=impl)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl),
+                     grads, ref_grads)
+    assert float(optax.global_norm(ref_grads)) > 0
+
+
+def test_predict_runs_only_the_towers_given():
+    mesh = sharding.make_mesh((("data", 1),))
+    config = tiny_clip_config()
+    task = registry.get("task", "clip")(config, mesh)
+    batch = digits_batch(config, n=4)
+    params, state = task.init(jax.random.key(0), batch)
+    both = task.predict(params, state, {}, batch)
+    text_only = task.predict(params, state, {}, {"tokens": batch["tokens"]})
+    image_only = task.predict(params, state, {}, {"image": batch["image"]})
+    assert sorted(text_only) == ["txt_features", "ztxt"] and sorted(image_only) == ["features", "zimg"]
+    np.testing.assert_allclose(text_only["ztxt"], both["ztxt"], rtol=1e-6)
+    np.testing.assert_allclose(image_only["zimg"], both["zimg"], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(both["zimg"], axis=1), 1.0, rtol=1e-5)
+    assert both["features"].shape == (4, 16)
+
+
+@pytest.mark.parametrize("spec", ["configs/clip_digits.py:runlocal", "configs/siglip_digits.py:runlocal"])
+def test_smoke_train_with_zero_shot_and_retrieval(tmp_path, spec):
+    metrics = train_and_evaluate(tiny_clip_config(spec), str(tmp_path))
+    assert np.isfinite(metrics["train/loss"])
+    assert metrics["zero_shot/count"] == 360 and metrics["retrieval/count"] == 360
+    assert 0 <= metrics["zero_shot/top1"] <= metrics["zero_shot/top5"] <= 1
+    assert 0 <= metrics["retrieval/img2txt/r1"] <= metrics["retrieval/img2txt/r5"] <= metrics["retrieval/img2txt/r10"] <= 1
+    assert ("train/bias" in metrics) == ("siglip" in spec)
+
+
+def test_real_scale_configs_load_and_runlocal_switches_to_digits():
+    for name in ("clip_vit_b16", "siglip_vit_b16"):
+        full = load_config(os.path.join(ROOT, f"configs/{name}.py"))
+        local = load_config(os.path.join(ROOT, f"configs/{name}.py:runlocal"))
+        assert full.model.image_kwargs.variant == "B/16" and full.data.name == "coco_captions"
+        assert local.data.name == "digits" and local.task == full.task == "clip"
+        assert local.clip.loss == full.clip.loss == ("sigmoid" if "siglip" in name else "softmax")
+
+
+def test_unprojectable_image_tower_is_a_clear_error():
+    config = tiny_clip_config(**{"model.project": False, "model.embed_dim": 24})
+    task = registry.get("task", "clip")(config, sharding.make_mesh((("data", 1),)))
+    with pytest.raises(ValueError, match="img tower returned dim 16 but project=False needs embed_dim 24"):
+        task.init(jax.random.key(0), digits_batch(config, n=2))
+
+
+def test_bad_clip_options_and_batches_are_named():
+    mesh = sharding.make_mesh((("data", 1),))
+    clip = registry.get("task", "clip")
+    with pytest.raises(ValueError, match="config.clip.loss 'cosine'"):
+        clip(tiny_clip_config(**{"clip.loss": "cosine"}), mesh)
+    with pytest.raises(ValueError, match="config.clip.impl 'fast'"):
+        clip(tiny_clip_config(**{"clip.impl": "fast"}), mesh)
+    config = tiny_clip_config()
+    task = clip(config, mesh)
+    batch = digits_batch(config, n=2)
+    with pytest.raises(ValueError, match=r"batch lacks \['tokens'\]"):
+        task.init(jax.random.key(0), {"image": batch["image"]})

@@ -38,9 +38,11 @@ def cli_overrides(config) -> list[str]:
     ]
 
 
-def run_multihost(workdir, config, processes=2, devices=4, timeout=240):
+def run_multihost(workdir, config, processes=2, devices=4, timeout=240, spec=CONFIG + ":runlocal"):
+    """Runs `spec` (+ overrides: a config to mirror, or a list of flags) on processes x devices."""
+    overrides = config if isinstance(config, list) else cli_overrides(config)
     cmd = ["bash", LAUNCH, "--processes", str(processes), "--devices", str(devices), "--port", str(free_port()),
-           "--", "--config", CONFIG + ":runlocal", "--workdir", str(workdir), *cli_overrides(config)]
+           "--", "--config", spec, "--workdir", str(workdir), *overrides]
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -57,6 +59,20 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
     # The 2-process checkpoint restores and trains on in a 1-process, 1-device run.
     train_and_evaluate(tiny_supervised_config(total_steps=6), str(tmp_path / "mh"))
     assert max(train_losses(str(tmp_path / "mh"))) == 6
+
+
+def test_ring_contrastive_loss_across_processes_matches_one_process(tmp_path):
+    """CLIP with the device-ring loss: the ring crosses the process boundary (2 x 4 devices)."""
+    from jaxsup.config import load_config
+
+    spec = os.path.join(ROOT, "configs/clip_digits.py:ring,runlocal")
+    flags = ["--config.total_steps=3", "--config.log_every=1", "--config.batch_size=64"]
+    result = run_multihost(tmp_path / "mh", flags, spec=spec)
+    assert result.returncode == 0, open(tmp_path / "mh" / "logs" / "process_0.log").read()[-3000:]
+    single = load_config(spec, {"total_steps": 3, "log_every": 1, "batch_size": 64})
+    train_and_evaluate(single, str(tmp_path / "single"))
+    l2, l1 = train_losses(str(tmp_path / "mh")), train_losses(str(tmp_path / "single"))
+    np.testing.assert_allclose([l2[s] for s in (1, 2, 3)], [l1[s] for s in (1, 2, 3)], rtol=1e-5)
 
 
 def test_unreachable_coordinator_fails_fast_with_a_clear_message(tmp_path):

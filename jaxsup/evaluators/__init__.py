@@ -1,3 +1,4 @@
 """Evaluators. Importing a module listed in __all__ registers it."""
 __all__ = ["classification"]
 __all__ += ["zero_shot", "retrieval", "linear_probe", "knn"]
+__all__ += ["distill"]

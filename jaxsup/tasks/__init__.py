@@ -1,3 +1,4 @@
 """Training objectives. Importing a module listed in __all__ registers its tasks."""
 __all__ = ["supervised"]
 __all__ += ["clip", "simclr"]
+__all__ += ["distill", "finetune", "pskd"]

@@ -1,0 +1,47 @@
+"""SimCLRv2 step 2 on digits: fine-tune the SimCLR-pretrained encoder on a label fraction.
+
+    python -m jaxsup.train --config configs/simclr_digits.py --workdir /tmp/jaxsup/simclr
+    python -m jaxsup.train --config configs/simclrv2_finetune_digits.py --workdir /tmp/jaxsup/finetune \
+        --config.finetune.init_from=/tmp/jaxsup/simclr
+
+Task "finetune" (jaxsup/tasks/finetune.py): the encoder starts from the
+simclr run's "params/encoder" (+ "task_state/encoder"), a new linear "head"
+is trained with it on train[:10%] with CE; the encoder model and kwargs must
+match configs/simclr_digits.py (ENCODER below), plus num_classes=10.
+scripts/simclrv2_digits.sh runs the whole chain.
+
+`arg` switches: "1pct" (train[:1%], 14 labels), "scratch" (no init_from:
+the same model trained from random init, the baseline), "runlocal" (20 steps).
+"""
+from jaxsup.config import base_config
+from jaxsup.tasks import finetune
+
+ENCODER_NAME = "cnn"
+ENCODER = dict(widths=(32, 64))
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(","))
+    c = base_config()
+    c.task = "finetune"
+    c.model_name = ENCODER_NAME
+    c.model = dict(ENCODER, num_classes=10)
+    c.finetune = finetune.default_config()
+    c.finetune.init_subtree = "params/encoder"
+    c.finetune.init_state_subtree = "task_state/encoder"
+    c.finetune.augment = "crop"
+    c.finetune.crop_scale = (0.8, 1.0)
+    c.data.train_split = "train[:1%]" if "1pct" in args else "train[:10%]"
+    c.batch_size = 32 if "1pct" in args else 64
+    c.total_steps = 300
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 20
+    c.log_every = 50
+    c.checkpoint.every = 300
+    c.evals = dict(test=dict(type="classification", split="test", every=100, batch_size=360))
+    if "runlocal" in args:
+        c.total_steps = 20
+        c.log_every = 5
+        c.checkpoint.every = 10
+        c.evals.test.every = 10
+    return c

@@ -4,16 +4,16 @@
         [--impl reference chunked pallas] [--batch 1024 4096 16384] [--dim 256]
         [--tile 512] [--repeats 3]
 
-For each loss and batch size B it compiles `jit(grad(loss))` w.r.t. both
-embeddings and the scalars for each impl, reads
-`memory_analysis().temp_size_in_bytes`, times the median of `--repeats` runs
-(after one warm-up run) and prints ratios against "reference". Impls that
-cannot run on this backend (e.g. "pallas" on CPU) are skipped with a note.
+For each loss and batch size B it compiles `jit(value_and_grad(loss))` w.r.t.
+both embeddings and the scalars for each impl, reads
+`memory_analysis().temp_size_in_bytes`, times the minimum over `--repeats`
+runs (wall clock and process CPU time; impls interleaved, after a warm-up)
+and prints ratios against "reference". Impls that cannot run on this backend
+(e.g. "pallas" on CPU) are skipped with a note.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -47,8 +47,8 @@ def _inputs(batch: int, dim: int, dtype) -> tuple[jax.Array, jax.Array]:
     return norm(z1), norm(z2)
 
 
-def measure(loss: str, impl: str, batch: int, dim: int, tile: int, repeats: int, dtype):
-    """(median seconds, temp bytes) of one fwd+bwd, or a string saying why not."""
+def compile_impl(loss: str, impl: str, batch: int, dim: int, tile: int, dtype):
+    """(compiled fwd+bwd, its arguments, temp bytes), or a string saying why not."""
     f, scalars = _grad_fn(loss, impl, tile)
     z1, z2 = _inputs(batch, dim, dtype)
     args = (z1, z2, *(jnp.float32(s) for s in scalars))
@@ -56,14 +56,25 @@ def measure(loss: str, impl: str, batch: int, dim: int, tile: int, repeats: int,
         compiled = f.lower(*args).compile()
     except ValueError as err:  # e.g. impl="pallas" on a backend it cannot run on
         return f"skipped: {err}"
-    temp = compiled.memory_analysis().temp_size_in_bytes
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return compiled, args, compiled.memory_analysis().temp_size_in_bytes
+
+
+def time_impls(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """impl -> (min wall seconds, min process CPU seconds) of one fwd+bwd.
+
+    The impls run in turn within each repeat (after one warm-up each), so load
+    from other processes on a shared machine hits them alike; CPU time (all
+    threads) is the steadier measure when the machine is oversubscribed.
+    """
+    for compiled, args, _ in runs.values():
         jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), temp
+    times = {impl: [] for impl in runs}
+    for _ in range(repeats):
+        for impl, (compiled, args, _) in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(compiled(*args))
+            times[impl].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {impl: (min(w for w, _ in t), min(c for _, c in t)) for impl, t in times.items()}
 
 
 def main() -> None:
@@ -77,27 +88,29 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     dtype = jnp.dtype(args.dtype)
-    print(f"backend={jax.default_backend()} devices={jax.devices()[0].device_kind} "
-          f"dim={args.dim} tile={args.tile} dtype={args.dtype}")
-    header = f"{'loss':8} {'B':>6} {'impl':10} {'fwd+bwd ms':>11} {'temp MiB':>10} " \
-             f"{'time/ref':>9} {'mem/ref':>9}"
+    print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
+          f"dim={args.dim} tile={args.tile} dtype={args.dtype} repeats={args.repeats} (min)")
+    header = (f"{'loss':8} {'B':>6} {'impl':10} {'wall ms':>9} {'cpu ms':>9} {'temp MiB':>9} "
+              f"{'wall/ref':>8} {'cpu/ref':>8} {'mem/ref':>8}")
     print(header)
     print("-" * len(header))
     for loss in args.loss:
         for batch in args.batch:
-            ref = None
+            runs = {}
             for impl in args.impl:
-                result = measure(loss, impl, batch, args.dim, args.tile, args.repeats, dtype)
+                result = compile_impl(loss, impl, batch, args.dim, args.tile, dtype)
                 if isinstance(result, str):
-                    print(f"{loss:8} {batch:6d} {impl:10} {result[:90]}")
-                    continue
-                seconds, temp = result
-                if impl == "reference":
-                    ref = result
-                ratios = (f"{seconds / ref[0]:9.2f} {temp / max(ref[1], 1):9.4f}"
-                          if ref else f"{'-':>9} {'-':>9}")
-                print(f"{loss:8} {batch:6d} {impl:10} {seconds * 1e3:11.1f} "
-                      f"{temp / 2**20:10.1f} {ratios}", flush=True)
+                    print(f"{loss:8} {batch:6d} {impl:10} {result[:100]}")
+                else:
+                    runs[impl] = result
+            times = time_impls(runs, args.repeats)
+            ref = "reference" in runs and (*times["reference"], runs["reference"][2])
+            for impl, (wall, cpu) in times.items():
+                temp = runs[impl][2]
+                ratios = (f"{wall / ref[0]:8.2f} {cpu / ref[1]:8.2f} {temp / max(ref[2], 1):8.4f}"
+                          if ref else f"{'-':>8} {'-':>8} {'-':>8}")
+                print(f"{loss:8} {batch:6d} {impl:10} {wall * 1e3:9.1f} {cpu * 1e3:9.1f} "
+                      f"{temp / 2**20:9.1f} {ratios}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxsup.losses import distributed as D
-from test_contrastive_losses import LOSSES, assert_close, loss_metrics_grads, normalised_pair, run
+from test_contrastive_losses import LOSSES, assert_close, normalised_pair, run
 
 SHARDED = {
     "softmax": D.sharded_softmax_contrastive,
@@ -38,52 +38,50 @@ def _eight_devices():
         pytest.skip("needs 8 devices (tests/conftest.py sets them up on CPU)")
 
 
-# (mesh shape, B, D, tile): one row per device; 3 rows per device with tile 2
-# (not a multiple); ("data", 4) x ("model", 2) with 4 rows per device, tile 3.
-CASES = [((8,), 8, 3, 4), ((8,), 24, 5, 2), ((4, 2), 16, 4, 3)]
+def compiled_loss_metrics_grads(name, x, y, mesh_shape, tile=4):
+    """(loss, metrics, grads) of the sharded loss under jit, and the compiled HLO text."""
+    _, _, scalars = LOSSES[name]
+    args = (x, y, *(jnp.float32(s) for s in scalars))
+
+    def loss(*args):
+        return SHARDED[name](*args, mesh=mesh(mesh_shape), tile=tile)
+
+    step = jax.jit(jax.value_and_grad(loss, tuple(range(len(args))), has_aux=True))
+    compiled = step.lower(*args).compile()
+    (value, metrics), grads = compiled(*args)
+    return (value, metrics, grads), compiled.as_text()
+
+
+# (mesh shape, B, D, tile): one row per device on ("data", 8); 3 rows per
+# device (not a multiple of tile 2) on ("data", 4) x ("model", 2).
+CASES = [((8,), 8, 3, 4), ((4, 2), 12, 5, 2)]
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("mesh_shape,batch,dim,tile", CASES)
-def test_ring_matches_reference(name, mesh_shape, batch, dim, tile):
-    _, _, scalars = LOSSES[name]
+def test_ring_matches_reference_without_all_gather(name, mesh_shape, batch, dim, tile):
     x, y = normalised_pair(batch, dim)
-    got = loss_metrics_grads(SHARDED[name], x, y, scalars, mesh=mesh(mesh_shape), tile=tile)
+    got, hlo = compiled_loss_metrics_grads(name, x, y, mesh_shape, tile)
     assert_close(got, run(name, "reference", batch, dim))
+    # Blocks move by collective-permute; no all-gather of embeddings or logits.
+    assert "collective-permute" in hlo
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_ring_bf16_matches_reference(name):
-    """bf16 inputs: loss in f32 to rtol 1e-5; bf16 gradients to bf16 rounding."""
-    _, _, scalars = LOSSES[name]
+def test_ring_bf16_inputs(name):
+    """bf16 inputs: loss in f32 to rtol 1e-5 of float64 on the same values;
+    bf16 gradients to bf16 rounding (as in test_chunked_bf16_inputs)."""
+    _, np_fn, scalars = LOSSES[name]
     x, y = normalised_pair(16, 8, dtype=jnp.bfloat16)
-    loss, metrics, grads = loss_metrics_grads(SHARDED[name], x, y, scalars, mesh=mesh((8,)))
-    want_loss, want_metrics, want_grads = loss_metrics_grads(
-        LOSSES[name][0], x, y, scalars, impl="reference"
-    )
+    (loss, metrics, grads), _ = compiled_loss_metrics_grads(name, x, y, (8,))
+    want_loss, want_metrics, want_grads = np_fn(np.float64(x), np.float64(y), *scalars)
     assert loss.dtype == jnp.float32 and grads[0].dtype == jnp.bfloat16
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-    for key in want_metrics:
-        np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-4, err_msg=key)
-    for g, w in zip(grads, want_grads):
-        np.testing.assert_allclose(np.float32(g), np.float32(w), rtol=2e-2, atol=2e-3)
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_ring_moves_blocks_without_all_gather(name):
-    _, _, scalars = LOSSES[name]
-    batch, dim = 64, 8
-    emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
-
-    def loss(*args):
-        return SHARDED[name](*args, mesh=mesh((8,)), tile=4)[0]
-
-    argnums = tuple(range(2 + len(scalars)))
-    hlo = jax.jit(jax.grad(loss, argnums)).lower(emb, emb, *[scalar] * len(scalars))
-    text = hlo.compile().as_text()
-    assert "collective-permute" in text
-    assert "all-gather" not in text and "all-to-all" not in text
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    for key, value in metrics.items():
+        np.testing.assert_allclose(float(value), want_metrics[key], rtol=1e-4, err_msg=key)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(np.float64(got), want, rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("check_vma", [True, False])
@@ -101,10 +99,15 @@ def test_ring_function_inside_user_shard_map(check_vma):
         per_device, mesh=mesh((8,)), in_specs=(P("data"), P("data"), P()),
         out_specs=P("data"), check_vma=check_vma,
     )
-    losses = jax.jit(mapped)(x, y, log_t)
+
+    def first_loss(*args):
+        losses = mapped(*args)
+        return losses[0], losses
+
+    step = jax.jit(jax.grad(first_loss, argnums=(0, 1, 2), has_aux=True))
+    grads, losses = step(x, y, log_t)
     want_loss, _, want_grads = run("softmax", "reference", 16, 4)
     np.testing.assert_allclose(losses, np.full(8, want_loss), rtol=1e-5)
-    grads = jax.jit(jax.grad(lambda *a: mapped(*a)[0], argnums=(0, 1, 2)))(x, y, log_t)
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 

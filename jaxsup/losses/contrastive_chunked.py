@@ -45,7 +45,7 @@ from jaxsup.losses.contrastive_tiles import (
 # per-column results and ends at the block's home.
 
 
-class LocalSweep(NamedTuple):
+class LocalSweep:
     """The whole batch is one block on this device.
 
     The protocol (see distributed.RingSweep): `row_offset(rows)` global index
@@ -76,30 +76,33 @@ LOCAL = LocalSweep()
 
 # --------------------------------------------------------------- positives
 # Row i's positive is column partner(i) of its own block: i for image-text
-# pairs ("clip"), its other view i + b/2 (mod b) for NT-Xent's [z1; z2].
+# pairs (mode "clip"), its other view i + b/2 (mod b) for NT-Xent's [z1; z2]
+# (mode "nt_xent"). partner is an involution.
 
-MODES = ("clip", "nt_xent")
 
-
-def _partner(mode: str, n: int) -> jax.Array:
+def partner_index(mode: str, n: int) -> jax.Array:
+    """[n] partner(i) of each of n rows."""
     return jnp.arange(n) if mode == "clip" else (jnp.arange(n) + n // 2) % n
+
+
+def _partner_rows(x: jax.Array, mode: str) -> jax.Array:
+    """x[partner(i)] for each row i (a roll by b/2 for NT-Xent)."""
+    return x if mode == "clip" else jnp.roll(x, x.shape[0] // 2, axis=0)
 
 
 def positive_logits(a: jax.Array, c: jax.Array, scale: jax.Array, mode: str) -> jax.Array:
     """[b] f32 logits scale * a_i.c_partner(i) of the positive pairs."""
-    return scale * row_dot(a, c[_partner(mode, c.shape[0])])
+    return scale * row_dot(a, _partner_rows(c, mode))
 
 
 def positive_backward(
     a: jax.Array, c: jax.Array, scale: jax.Array, w: jax.Array, mode: str
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """f32 cotangents (da, dc, dscale) of `-sum_i w_i * positive_logits_i`
-    (partner is an involution, so it also maps c's rows back to a's)."""
-    partner = _partner(mode, c.shape[0])
-    a32, c32 = a.astype(F32), c.astype(F32)
-    da = -scale * w[:, None] * c32[partner]
-    dc = -scale * (w[:, None] * a32)[partner]
-    return da, dc, -jnp.sum(w * row_dot(a32, c32[partner]))
+    """f32 cotangents (da, dc, dscale) of `-sum_i w_i * positive_logits_i`."""
+    c_partner = _partner_rows(c.astype(F32), mode)
+    da = -scale * w[:, None] * c_partner
+    dc = -scale * _partner_rows(w[:, None] * a.astype(F32), mode)
+    return da, dc, -jnp.sum(w * row_dot(a.astype(F32), c_partner))
 
 
 def _cotangents(primals, f32_cotangents):
@@ -290,7 +293,7 @@ def sigmoid_metrics(a, c, scale, bias, row_argmax, sweep: Any = LOCAL) -> dict:
 def nt_xent_metrics(z, scale, row_argmax, sweep: Any = LOCAL) -> dict:
     """mean positive logit and top-1 (the row argmax is the twin) of views z [2b, D]."""
     n_total = sweep.n_total(z.shape[0])
-    twin_ids = sweep.row_offset(z.shape[0]) + _partner("nt_xent", z.shape[0])
+    twin_ids = sweep.row_offset(z.shape[0]) + partner_index("nt_xent", z.shape[0])
     return lax.stop_gradient({
         "mean_positive_logit": sweep.total(positive_logits(z, z, scale, "nt_xent")) / n_total,
         "top1": _fraction(row_argmax == twin_ids, sweep, n_total),

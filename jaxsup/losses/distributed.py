@@ -40,7 +40,6 @@ from jaxsup.losses.contrastive import (
     scalar_f32,
 )
 
-F32 = jnp.float32
 
 
 # ----------------------------------------------------------------- the ring

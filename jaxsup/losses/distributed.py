@@ -41,7 +41,6 @@ from jaxsup.losses.contrastive import (
 )
 
 
-
 # ----------------------------------------------------------------- the ring
 
 

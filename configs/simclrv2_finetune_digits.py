@@ -6,33 +6,37 @@
 
 Task "finetune" (jaxsup/tasks/finetune.py): the encoder starts from the
 simclr run's "params/encoder" (+ "task_state/encoder"), a new linear "head"
-is trained with it on train[:10%] with CE; the encoder model and kwargs must
-match configs/simclr_digits.py (ENCODER below), plus num_classes=10.
+is trained with it on train[:10%] with CE; the model and its kwargs are
+read from configs/simclr_digits.py, plus num_classes=10.
 scripts/simclrv2_digits.sh runs the whole chain.
 
-`arg` switches: "1pct" (train[:1%], 14 labels), "scratch" (no init_from:
-the same model trained from random init, the baseline), "runlocal" (20 steps).
+Without --config.finetune.init_from the same model trains from random init
+(the no-pretraining baseline).
+
+`arg` switches: "1pct" (train[:1%], 14 labels), "runlocal" (20 steps).
 """
-from jaxsup.config import base_config
+import os
+
+from jaxsup.config import base_config, load_config
 from jaxsup.tasks import finetune
 
-ENCODER_NAME = "cnn"
-ENCODER = dict(widths=(32, 64))
+PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "simclr_digits.py")
 
 
 def get_config(arg=None):
     args = set((arg or "").split(","))
     c = base_config()
     c.task = "finetune"
-    c.model_name = ENCODER_NAME
-    c.model = dict(ENCODER, num_classes=10)
+    pretrain = load_config(PRETRAIN_CONFIG)  # the encoder must be the pretrained one
+    c.model_name = pretrain.model_name
+    c.model = dict(pretrain.model.to_dict(), num_classes=10)
     c.finetune = finetune.default_config()
     c.finetune.init_subtree = "params/encoder"
     c.finetune.init_state_subtree = "task_state/encoder"
     c.finetune.augment = "crop"
     c.finetune.crop_scale = (0.8, 1.0)
     c.data.train_split = "train[:1%]" if "1pct" in args else "train[:10%]"
-    c.batch_size = 32 if "1pct" in args else 64
+    c.batch_size = 8 if "1pct" in args else 64
     c.total_steps = 300
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 20

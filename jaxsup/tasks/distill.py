@@ -74,6 +74,18 @@ def default_config(teacher_path: str = "") -> ml_collections.ConfigDict:
     )
 
 
+def scratch_baseline_overrides(config: Any) -> dict[str, Any]:
+    """Overrides of a "supervised" config (configs/supervised_digits.py) that train the
+    same student with CE alone on the same labelled examples: the from-scratch
+    baseline of the distill run `config`."""
+    return {
+        "model_name": config.model_name, "model": config.model.to_dict(),
+        "data.train_split": config.distill.labelled_split or config.data.train_split,
+        "batch_size": config.batch_size, "total_steps": config.total_steps, "seed": config.seed,
+        "optim.lr": config.optim.lr, "optim.warmup_steps": config.optim.warmup_steps,
+    }
+
+
 def augment_images(rng: jax.Array, images: jax.Array, name: str, crop_scale: Any) -> jax.Array:
     """images [B, H, W, C] in [0, 1] -> augmented (same shape); "none" is the identity."""
     if name == "none":

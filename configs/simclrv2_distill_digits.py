@@ -1,0 +1,45 @@
+"""SimCLRv2 step 3 on digits: distil the fine-tuned network into a smaller student
+on unlabelled images with `-sum_y p_T(y|x; tau) log p_S(y|x; tau)`.
+
+    python -m jaxsup.train --config configs/simclrv2_distill_digits.py --workdir /tmp/jaxsup/distill \
+        --config.distill.teacher.path=/tmp/jaxsup/finetune
+
+Task "distill" with kind "soft_ce", alpha = 1 (no labels: the train batches
+carry images only) on all of train's images (the labelled 10 % as unlabelled
+images too, as SimCLRv2 distils on the whole unlabelled set). The teacher
+(the ResNet of configs/simclrv2_finetune_digits.py) is read from the
+finetune run's config.json, its BatchNorm stats from its task_state.
+Student: the small CNN below. scripts/simclrv2_digits.sh runs the chain.
+
+`arg` switches: "runlocal" (20 steps).
+"""
+from jaxsup.config import base_config
+from jaxsup.tasks import distill
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(","))
+    c = base_config()
+    c.task = "distill"
+    c.model_name = "cnn"
+    c.model = dict(widths=(16, 32), num_classes=10)
+    c.distill = distill.default_config()
+    c.distill.kind = "soft_ce"
+    c.distill.temperature = 1.0
+    c.distill.alpha = 1.0
+    c.data.train_split = "train"
+    c.data.preprocess = ("image_to_float", "keep:image")
+    c.data.eval_preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
+    c.batch_size = 128
+    c.total_steps = 600
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 50
+    c.log_every = 50
+    c.checkpoint.every = 300
+    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    if "runlocal" in args:
+        c.total_steps = 20
+        c.log_every = 5
+        c.checkpoint.every = 10
+        c.evals.test.every = 10
+    return c

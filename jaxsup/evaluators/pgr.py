@@ -31,6 +31,10 @@ ACCURACY_ROWS = (
     ("ceiling", "strong ceiling (ground truth on B)"),
 )
 STUDENTS = ("student", "student_aux")
+SHORT_NAMES = {
+    "weak": "weak", "weak_labels_on_strong_split": "weak labels\n(acc. on B)", "student": "student\nsoft CE",
+    "student_aux": "student\naux loss", "ceiling": "ceiling",
+}
 
 
 def performance_gap_recovered(acc_weak: float, acc_ceiling: float, acc_w2s: float) -> float:
@@ -128,10 +132,10 @@ def plot_accuracies(summary: Mapping[str, Any], path: str, title: str = "Weak-to
         label = f"{means[i]:.1f}"
         if k in summary["pgr"]:
             label += f"\nPGR {summary['pgr'][k]['mean']:.2f}"
-        ax.text(i, means[i] + 0.5, label, ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys], fontsize=8)
+        ax.text(i, max([means[i], *points]) + 1.0, label, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(keys)), [SHORT_NAMES.get(k, k) for k in keys], fontsize=8)
     low = min(min(means), *(100 * v[k] for v in summary["per_seed"].values() for k in keys))
-    ax.set_ylim(max(0.0, low - 10), 105)
+    ax.set_ylim(max(0.0, low - 10), 110)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title} ({len(summary['seeds'])} seeds)")
     fig.tight_layout()

@@ -2,3 +2,4 @@
 __all__ = ["supervised"]
 __all__ += ["clip", "simclr"]
 __all__ += ["distill", "finetune", "pskd"]
+__all__ += ["weak_to_strong", "pseudo_label"]

@@ -12,6 +12,10 @@ metrics serve the single-device "chunked" impl and the ring:
   with embeddings [b, D] and an f32 scalar logit scale; metrics come from the
   same pass (argmax tracked in the scan) and carry no gradient.
 
+Each block's statistics and gradients come from a *block math* object
+(`ScanBlocks(tile)`, the tiles of `contrastive_tiles`; the ring can plug in
+`distributed.PallasBlocks`). Where a `tile: int` is accepted, so is such an object.
+
 The positives' gradient is added to the tiles' in float32 before a single
 cast to the input dtype (bf16 inputs would otherwise lose the cancellation
 between `softmax` and the one-hot target).
@@ -35,6 +39,44 @@ from jaxsup.losses.contrastive_tiles import (
     stats_lse,
     zeros_like_f32,
 )
+
+
+# ------------------------------------------------------------ block math
+# How one block (rows a [Ba, D] x columns c [Bc, D], S = scale * a @ c.T) is
+# computed. The protocol, all sums and cotangents f32, argmax indices global:
+#   softmax_forward(a, c, scale, rows, cols, *, row_offset, col_offset,
+#       exclude_diagonal) -> (rows, cols): the block's logits merged into row
+#       [Ba] and (unless None) column [Bc] MaxStats;
+#   softmax_backward(a, c, scale, row_lse, g_row, col_lse, g_col, *, row_offset,
+#       col_offset, exclude_diagonal) -> (da, dc, dscale) of
+#       <g_row, row_lse> + <g_col, col_lse> (final LSEs; col_lse/g_col may be None);
+#   sigmoid_forward(a, c, scale, bias, rows, *, col_offset)
+#       -> (sum_ij log sigmoid(-(S_ij + bias)) [], rows with max / argmax merged);
+#   sigmoid_backward(a, c, scale, bias, g) -> (da, dc, dscale, dbias) of g * that sum.
+
+
+class ScanBlocks(NamedTuple):
+    """Block math by a `lax.scan` over column tiles of `tile` columns
+    (`contrastive_tiles`); see the protocol above."""
+
+    tile: int
+
+    def softmax_forward(self, a, c, scale, rows, cols, **offsets):
+        return lse_forward(a, c, scale, rows, cols, tile=self.tile, **offsets)
+
+    def softmax_backward(self, a, c, scale, row_lse, g_row, col_lse, g_col, **offsets):
+        return lse_backward(a, c, scale, row_lse, g_row, col_lse, g_col, tile=self.tile, **offsets)
+
+    def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
+        return log_sigmoid_forward(a, c, scale, bias, rows, tile=self.tile, col_offset=col_offset)
+
+    def sigmoid_backward(self, a, c, scale, bias, g):
+        return log_sigmoid_backward(a, c, scale, bias, g, tile=self.tile)
+
+
+def as_blocks(blocks: Any) -> Any:
+    """A block-math object; an int is the tile of `ScanBlocks`."""
+    return ScanBlocks(blocks) if isinstance(blocks, int) else blocks
 
 
 # ------------------------------------------------------ sweeps over blocks
@@ -128,26 +170,27 @@ class SoftmaxNll(NamedTuple):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def softmax_nll(
-    a: jax.Array, c: jax.Array, scale: jax.Array, tile: int, mode: str, sweep: Any = LOCAL
+    a: jax.Array, c: jax.Array, scale: jax.Array, blocks: Any, mode: str, sweep: Any = LOCAL
 ) -> SoftmaxNll:
     """Cross-entropies of this device's rows of `S = scale * a @ c.T`.
 
     mode "clip": a, c [b, D] image/text rows; row i's positive is column i; row
     and column CE. mode "nt_xent": a = c = [z1; z2] views [b, D], self-logits
-    masked, rows only. `sweep` visits the column blocks (LOCAL: all of c).
-    Residuals are O(b*D + b); the backward recomputes every tile, and the
+    masked, rows only. `sweep` visits the column blocks (LOCAL: all of c);
+    `blocks` (block math, e.g. ScanBlocks) computes each. Residuals are
+    O(b*D + b); the backward recomputes every tile, and the
     positives' gradient is added in f32 before one cast to the input dtype.
     """
-    return _softmax_nll_fwd(a, c, scale, tile, mode, sweep)[0]
+    return _softmax_nll_fwd(a, c, scale, blocks, mode, sweep)[0]
 
 
-def _softmax_nll_fwd(a, c, scale, tile, mode, sweep):
+def _softmax_nll_fwd(a, c, scale, blocks, mode, sweep):
     b, with_cols = a.shape[0], mode == "clip"
     row_offset = sweep.row_offset(b)
 
     def compute(col_offset, rows, c_blk, cols):
-        return lse_forward(
-            a, c_blk, scale, rows, cols, tile=tile, row_offset=row_offset,
+        return blocks.softmax_forward(
+            a, c_blk, scale, rows, cols, row_offset=row_offset,
             col_offset=col_offset, exclude_diagonal=not with_cols,
         )
 
@@ -163,7 +206,7 @@ def _softmax_nll_fwd(a, c, scale, tile, mode, sweep):
     return out, (a, c, scale, row_lse, col_lse)
 
 
-def _softmax_nll_bwd(tile, mode, sweep, res, g):
+def _softmax_nll_bwd(blocks, mode, sweep, res, g):
     a, c, scale, row_lse, col_lse = res
     with_cols = mode == "clip"
     row_offset = sweep.row_offset(a.shape[0])
@@ -171,8 +214,8 @@ def _softmax_nll_bwd(tile, mode, sweep, res, g):
 
     def compute(col_offset, local, blk, dc):
         c_blk, lse_c, g_c = blk
-        da_k, dc_k, ds_k = lse_backward(
-            a, c_blk, scale, row_lse, g.row_nll, lse_c, g_c, tile=tile,
+        da_k, dc_k, ds_k = blocks.softmax_backward(
+            a, c_blk, scale, row_lse, g.row_nll, lse_c, g_c,
             row_offset=row_offset, col_offset=col_offset, exclude_diagonal=not with_cols,
         )
         return _add(local, (da_k, ds_k)), dc + dc_k
@@ -192,21 +235,19 @@ softmax_nll.defvjp(_softmax_nll_fwd, _softmax_nll_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def sigmoid_nll(
-    a: jax.Array, c: jax.Array, scale: jax.Array, bias: jax.Array, tile: int, sweep: Any = LOCAL
+    a: jax.Array, c: jax.Array, scale: jax.Array, bias: jax.Array, blocks: Any, sweep: Any = LOCAL
 ) -> tuple[jax.Array, jax.Array]:
     """(-sum_ij log sigmoid(y_ij z_ij) over this device's rows i and all
     columns j, f32 []; int32 global row argmax [b]), z = scale a_i.c_j + bias,
     y = +1 for j = i else -1. Computed as all pairs as negatives plus
     sum_i z_ii (log sigmoid(z) - log sigmoid(-z) = z)."""
-    return _sigmoid_nll_fwd(a, c, scale, bias, tile, sweep)[0]
+    return _sigmoid_nll_fwd(a, c, scale, bias, blocks, sweep)[0]
 
 
-def _sigmoid_nll_fwd(a, c, scale, bias, tile, sweep):
+def _sigmoid_nll_fwd(a, c, scale, bias, blocks, sweep):
     def compute(col_offset, local, c_blk, acc):
         total, rows = local
-        part, rows = log_sigmoid_forward(
-            a, c_blk, scale, bias, rows, tile=tile, col_offset=col_offset
-        )
+        part, rows = blocks.sigmoid_forward(a, c_blk, scale, bias, rows, col_offset=col_offset)
         return (total + part, rows), acc
 
     init = (zeros_like_f32(a), init_stats(a.shape[0], a))
@@ -215,12 +256,12 @@ def _sigmoid_nll_fwd(a, c, scale, bias, tile, sweep):
     return (-(neg_sum + pos_sum), rows.argmax), (a, c, scale, bias)
 
 
-def _sigmoid_nll_bwd(tile, sweep, res, g):
+def _sigmoid_nll_bwd(blocks, sweep, res, g):
     a, c, scale, bias = res
     g = g[0]
 
     def compute(col_offset, local, c_blk, dc):
-        da_k, dc_k, ds_k, db_k = log_sigmoid_backward(a, c_blk, scale, bias, -g, tile=tile)
+        da_k, dc_k, ds_k, db_k = blocks.sigmoid_backward(a, c_blk, scale, bias, -g)
         return _add(local, (da_k, ds_k, db_k)), dc + dc_k
 
     zero = zeros_like_f32(a)
@@ -301,24 +342,25 @@ def nt_xent_metrics(z, scale, row_argmax, sweep: Any = LOCAL) -> dict:
 
 
 def softmax_contrastive(
-    a: jax.Array, c: jax.Array, scale: jax.Array, tile: int, sweep: Any = LOCAL
+    a: jax.Array, c: jax.Array, scale: jax.Array, tile: Any, sweep: Any = LOCAL
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """CLIP `mean(row CE)/2 + mean(column CE)/2` of image rows a and text rows
-    c [b, D] at logit scale `scale` (f32 []), and `softmax_metrics`."""
+    c [b, D] at logit scale `scale` (f32 []), and `softmax_metrics`. `tile`:
+    int or block math (`as_blocks`)."""
     n_total = sweep.n_total(a.shape[0])
-    res = softmax_nll(a, c, sweep.vary(scale, a), tile, "clip", sweep)
+    res = softmax_nll(a, c, sweep.vary(scale, a), as_blocks(tile), "clip", sweep)
     loss = (sweep.total(res.row_nll) + sweep.total(res.col_nll)) / (2 * n_total)
     return loss, softmax_metrics(a, c, scale, res.row_argmax, res.col_argmax, sweep)
 
 
 def sigmoid_contrastive(
-    a: jax.Array, c: jax.Array, scale: jax.Array, bias: jax.Array, tile: int,
+    a: jax.Array, c: jax.Array, scale: jax.Array, bias: jax.Array, tile: Any,
     sweep: Any = LOCAL,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SigLIP `-(1/B) sum_ij log sigmoid(y_ij (scale a_i.c_j + bias))` and
     `sigmoid_metrics`."""
     nll_sum, row_argmax = sigmoid_nll(
-        a, c, sweep.vary(scale, a), sweep.vary(bias, a), tile, sweep
+        a, c, sweep.vary(scale, a), sweep.vary(bias, a), as_blocks(tile), sweep
     )
     loss = sweep.total(nll_sum) / sweep.n_total(a.shape[0])
     return loss, sigmoid_metrics(a, c, scale, bias, row_argmax, sweep)
@@ -330,11 +372,11 @@ def nt_xent_views(z1: jax.Array, z2: jax.Array) -> jax.Array:
 
 
 def nt_xent(
-    z1: jax.Array, z2: jax.Array, scale: jax.Array, tile: int, sweep: Any = LOCAL
+    z1: jax.Array, z2: jax.Array, scale: jax.Array, tile: Any, sweep: Any = LOCAL
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """NT-Xent of the views z1, z2 [b, D] at logit scale 1/tau: mean over all
     views of their CE against every other view, and `nt_xent_metrics`."""
     z = nt_xent_views(z1, z2)
-    res = softmax_nll(z, z, sweep.vary(scale, z), tile, "nt_xent", sweep)
+    res = softmax_nll(z, z, sweep.vary(scale, z), as_blocks(tile), "nt_xent", sweep)
     loss = sweep.total(res.row_nll) / sweep.n_total(z.shape[0])
     return loss, nt_xent_metrics(z, scale, res.row_argmax, sweep)

@@ -99,6 +99,16 @@ def merge_tile(
     return MaxStats(new_max, sumexp, argmax)
 
 
+def merge_lse(stats: MaxStats, block: MaxStats, block_lse: jax.Array) -> MaxStats:
+    """Merges a block of logits, given as its log-sum-exp `block_lse` [n] and
+    its max / argmax `block` (a max-only pass), into running statistics."""
+    new_max = jnp.maximum(stats.max, block.max)
+    shift = _finite_or_zero(new_max)
+    sumexp = stats.sumexp * jnp.exp(stats.max - shift) + jnp.exp(block_lse - shift)
+    argmax = jnp.where(block.max > stats.max, block.argmax, stats.argmax)
+    return MaxStats(new_max, sumexp, argmax)
+
+
 def _pad_leading(x: jax.Array, n: int) -> jax.Array:
     if x.shape[0] == n:
         return x

@@ -8,15 +8,22 @@ their text block and arrive home after the n-th shift, so one pass gives both
 softmax directions. The backward (`jax.custom_vjp`) is a second ring that
 recomputes each block; the text cotangent travels with its block. Nothing of
 size [B, B] or an all-gather of the embeddings ever exists: per device, memory
-is O(b*D + b*tile): each block is itself scanned by column tiles, with the
-custom_vjp rules of `contrastive_chunked` (this module only supplies the
-`RingSweep` that visits the blocks).
+is O(b*D + b*tile). The custom_vjp rules are those of `contrastive_chunked`;
+this module supplies the `RingSweep` that visits the blocks and a choice of
+block math (`block_impl`) that computes each:
+- "chunked": `contrastive_chunked.ScanBlocks`, a lax.scan over column tiles.
+- "pallas": `PallasBlocks`, the block primitives of `pallas_kernels.contrastive`
+  (partial LSEs / row sums forward, block gradients backward), `backend=`
+  passed through (None: auto; "interpret" on CPU, for tests). They need
+  `check_vma=False` on the shard_map (the `sharded_*` wrappers set it). Where
+  Pallas cannot run: the dispatch ValueError, or with fallback=True one
+  warning and "chunked".
 
 Two levels:
 - `ring_softmax_contrastive`, `ring_sigmoid_contrastive`, `ring_nt_xent`:
   per-device functions to call inside a `shard_map` over `axis_name` (with
-  check_vma=True, the default, or False); they return the global-mean loss
-  and metrics, equal on every device.
+  check_vma=True, the default, or False; False for block_impl="pallas");
+  they return the global-mean loss and metrics, equal on every device.
 - `sharded_softmax_contrastive`, `sharded_sigmoid_contrastive`,
   `sharded_nt_xent`: take global arrays and a mesh, do the `shard_map`
   (embeddings on P(axis), scalars replicated); use them inside a jitted step.
@@ -35,10 +42,13 @@ from jaxsup.losses import contrastive_chunked as ck
 from jaxsup.losses.contrastive import (
     DEFAULT_TILE,
     Metrics,
+    _pallas_api,
     check_embeddings,
     check_tile,
     scalar_f32,
 )
+from jaxsup.losses.contrastive_tiles import F32, init_stats, lse_forward, merge_lse
+from jaxsup.losses.dispatch import run_impl
 
 
 # ----------------------------------------------------------------- the ring
@@ -92,7 +102,97 @@ class RingSweep(NamedTuple):
         return local, shift(acc)
 
 
+# ------------------------------------------------------- block math (Pallas)
+
+
+class PallasBlocks(NamedTuple):
+    """Block math (protocol in `contrastive_chunked`) by the Pallas block
+    primitives of `pallas_kernels.contrastive.api` on `backend`.
+
+    The loss statistics (partial LSEs, sigmoid row sums) and block gradients
+    come from the kernels; the argmax for the metrics from a max-only pass
+    over `tile`-column tiles (one extra matmul per block, no exp, no
+    gradient), as impl="pallas" does in `contrastive`. The kernels take
+    log_t = log(scale) and return dlog_t = scale * dscale. Block gradients
+    come back in the input dtype (bf16 inputs: rounded per block before the
+    f32 sum over the ring).
+    """
+
+    tile: int
+    backend: str | None = None
+
+    def _softmax_kw(self, row_offset, col_offset, exclude_diagonal) -> dict[str, Any]:
+        offset = row_offset - col_offset if exclude_diagonal else None
+        return dict(self_offset=offset, backend=self.backend)
+
+    def _all_negative(self, a, c) -> dict[str, Any]:
+        # Every pair as a negative (y = -1), as ScanBlocks: a positive_offset
+        # past the block (no cell has j - i == Bq + Bk). Not None: the kernels
+        # read positive_offset=None as y = +1 on every cell.
+        return dict(positive_offset=a.shape[0] + c.shape[0], backend=self.backend)
+
+    def softmax_forward(self, a, c, scale, rows, cols, *, row_offset=0, col_offset=0,
+                        exclude_diagonal=False):
+        row_lse, col_lse = _pallas_api().softmax_pair_lse(
+            a, c, jnp.log(scale), **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
+        with_cols = cols is not None
+        max_rows, max_cols = lse_forward(
+            a, c, scale, init_stats(a.shape[0], a),
+            init_stats(c.shape[0], c) if with_cols else None, tile=self.tile,
+            row_offset=row_offset, col_offset=col_offset,
+            exclude_diagonal=exclude_diagonal, with_sumexp=False,
+        )
+        rows = merge_lse(rows, max_rows, row_lse)
+        return rows, merge_lse(cols, max_cols, col_lse) if with_cols else None
+
+    def softmax_backward(self, a, c, scale, row_lse, g_row, col_lse, g_col, *, row_offset=0,
+                         col_offset=0, exclude_diagonal=False):
+        if col_lse is None:  # rows only: weight g_col * exp(S - inf) = 0
+            col_lse = jnp.full_like(c, jnp.inf, F32, shape=(c.shape[0],))
+            g_col = jnp.zeros_like(col_lse)
+        da, dc, dlog_t = _pallas_api().softmax_pair_lse_backward(
+            a, c, jnp.log(scale), row_lse, col_lse, g_row, g_col,
+            **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
+        return da.astype(F32), dc.astype(F32), dlog_t / scale
+
+    def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
+        row_sums = _pallas_api().sigmoid_pair_row_sums(
+            a, c, jnp.log(scale), bias, **self._all_negative(a, c))
+        rows, _ = lse_forward(a, c, scale, rows, None, tile=self.tile, col_offset=col_offset,
+                              with_sumexp=False)
+        return -jnp.sum(row_sums), rows
+
+    def sigmoid_backward(self, a, c, scale, bias, g):
+        g_row = jnp.broadcast_to(-g, (a.shape[0],)).astype(F32)
+        da, dc, dlog_t, db = _pallas_api().sigmoid_pair_row_sums_backward(
+            a, c, jnp.log(scale), bias, g_row, **self._all_negative(a, c))
+        return da.astype(F32), dc.astype(F32), dlog_t / scale, db
+
+
+def ring_blocks(
+    name: str, block_impl: str, tile: int, backend: str | None, fallback: bool, like: Any
+) -> ck.ScanBlocks | PallasBlocks:
+    """The block math for `block_impl` ("chunked" | "pallas") on per-device
+    blocks shaped like `like` [b, D]. Where Pallas cannot run on `backend`:
+    a ValueError naming the cause, or with fallback=True one warning and
+    "chunked" (`dispatch.run_impl`)."""
+
+    def pallas():
+        _pallas_api().kernel_config(backend, n_rows=like.shape[0], dim=like.shape[1],
+                                    dtype=like.dtype)
+        return PallasBlocks(tile, backend)
+
+    chunked = lambda: ck.ScanBlocks(tile)
+    return run_impl(name, block_impl, {"chunked": chunked, "pallas": pallas}, fallback)
+
+
 # -------------------------------------------------- per-device loss functions
+# Shared keyword arguments of the ring functions and the sharded wrappers:
+#   tile: column tile of the scan (block_impl "chunked") / of the metrics'
+#     max-only pass ("pallas");
+#   block_impl: "chunked" | "pallas", the block math (module docstring);
+#   backend: Pallas backend (None: auto; "interpret" on CPU);
+#   fallback: where Pallas cannot run, warn once and use "chunked".
 
 
 def ring_softmax_contrastive(
@@ -102,12 +202,16 @@ def ring_softmax_contrastive(
     axis_name: str,
     *,
     tile: int = DEFAULT_TILE,
+    block_impl: str = "chunked",
+    backend: str | None = None,
+    fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """CLIP softmax loss of the global batch, called per device in shard_map.
 
     Args:
       zimg_blk, ztxt_blk: [b, D] this device's rows of the global [n*b, D] batch.
       log_t: scalar log-scale (replicated); axis_name: the ring's mesh axis.
+      tile, block_impl, backend, fallback: see above.
     Returns:
       (global-mean loss, metrics as `contrastive.softmax_contrastive`), equal
       on every device of the axis.
@@ -116,7 +220,8 @@ def ring_softmax_contrastive(
     check_embeddings(name, zimg_blk, ztxt_blk, "zimg_blk", "ztxt_blk")
     tile = check_tile(name, tile)
     scale = jnp.exp(scalar_f32(name, log_t, "log_t"))
-    return ck.softmax_contrastive(zimg_blk, ztxt_blk, scale, tile, RingSweep(axis_name))
+    blocks = ring_blocks(name, block_impl, tile, backend, fallback, zimg_blk)
+    return ck.softmax_contrastive(zimg_blk, ztxt_blk, scale, blocks, RingSweep(axis_name))
 
 
 def ring_sigmoid_contrastive(
@@ -127,6 +232,9 @@ def ring_sigmoid_contrastive(
     axis_name: str,
     *,
     tile: int = DEFAULT_TILE,
+    block_impl: str = "chunked",
+    backend: str | None = None,
+    fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """SigLIP loss of the global batch, per device in shard_map (see
     `ring_softmax_contrastive`; metrics as `contrastive.sigmoid_contrastive`)."""
@@ -135,7 +243,8 @@ def ring_sigmoid_contrastive(
     tile = check_tile(name, tile)
     scale = jnp.exp(scalar_f32(name, log_t, "log_t"))
     bias = scalar_f32(name, b, "b")
-    return ck.sigmoid_contrastive(zimg_blk, ztxt_blk, scale, bias, tile, RingSweep(axis_name))
+    blocks = ring_blocks(name, block_impl, tile, backend, fallback, zimg_blk)
+    return ck.sigmoid_contrastive(zimg_blk, ztxt_blk, scale, bias, blocks, RingSweep(axis_name))
 
 
 def ring_nt_xent(
@@ -145,15 +254,22 @@ def ring_nt_xent(
     axis_name: str,
     *,
     tile: int = DEFAULT_TILE,
+    block_impl: str = "chunked",
+    backend: str | None = None,
+    fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """NT-Xent of the global batch, per device in shard_map (see
     `ring_softmax_contrastive`; metrics as `contrastive.nt_xent`). Device r's
-    2b views [z1_blk; z2_blk] are its block of the global 2N x 2N logits."""
+    2b views [z1_blk; z2_blk] are its block of the global 2N x 2N logits; with
+    Pallas blocks the self-similarity is masked by `self_offset` (the
+    primitive's column LSEs, which by symmetry repeat other devices' rows, are
+    not used)."""
     name = "ring_nt_xent"
     check_embeddings(name, z1_blk, z2_blk, "z1_blk", "z2_blk")
     tile = check_tile(name, tile)
     scale = 1.0 / scalar_f32(name, tau, "tau")
-    return ck.nt_xent(z1_blk, z2_blk, scale, tile, RingSweep(axis_name))
+    blocks = ring_blocks(name, block_impl, tile, backend, fallback, z1_blk)
+    return ck.nt_xent(z1_blk, z2_blk, scale, blocks, RingSweep(axis_name))
 
 
 # ------------------------------------------------ wrappers over global arrays
@@ -167,11 +283,14 @@ def _sharded(
     scalars: dict[str, Any],
     mesh: Mesh,
     axis: str,
-    tile: int,
     names: tuple[str, str],
+    tile: int,
+    block_impl: str,
+    backend: str | None,
+    fallback: bool,
 ) -> tuple[jax.Array, Metrics]:
     check_embeddings(name, x, y, *names)
-    check_tile(name, tile)
+    tile = check_tile(name, tile)
     if axis not in mesh.axis_names:
         raise ValueError(f"{name}: axis {axis!r} is not in the mesh axes {mesh.axis_names}.")
     n = mesh.shape[axis]
@@ -181,40 +300,51 @@ def _sharded(
             f"mesh axis {axis!r}."
         )
     scalars = tuple(scalar_f32(name, value, key) for key, value in scalars.items())
+    # Resolved here, so a fallback warns once and runs the chunked ring as is.
+    block_shape = jax.ShapeDtypeStruct((x.shape[0] // n, x.shape[1]), x.dtype)
+    pallas = isinstance(ring_blocks(name, block_impl, tile, backend, fallback, block_shape),
+                        PallasBlocks)
+    ring_kw = dict(tile=tile, block_impl="pallas" if pallas else "chunked", backend=backend)
 
     def per_device(x_blk, y_blk, *scalars):
-        return fn(x_blk, y_blk, *scalars, axis, tile=tile)
+        return fn(x_blk, y_blk, *scalars, axis, **ring_kw)
 
     mapped = jax.shard_map(
         per_device, mesh=mesh, in_specs=(P(axis), P(axis)) + (P(),) * len(scalars),
-        out_specs=(P(), P()),
+        out_specs=(P(), P()), check_vma=not pallas,
     )
     return mapped(x, y, *scalars)
 
 
 def sharded_softmax_contrastive(
     zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array | float, *, mesh: Mesh,
-    axis: str = "data", tile: int = DEFAULT_TILE,
+    axis: str = "data", tile: int = DEFAULT_TILE, block_impl: str = "chunked",
+    backend: str | None = None, fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """`contrastive.softmax_contrastive` of global zimg, ztxt [B, D] by the
-    device ring over mesh axis `axis` (B divisible by its size)."""
+    device ring over mesh axis `axis` (B divisible by its size); tile,
+    block_impl, backend, fallback as for the ring functions."""
     return _sharded(ring_softmax_contrastive, "sharded_softmax_contrastive", zimg, ztxt,
-                    {"log_t": log_t}, mesh, axis, tile, ("zimg", "ztxt"))
+                    {"log_t": log_t}, mesh, axis, ("zimg", "ztxt"), tile, block_impl, backend,
+                    fallback)
 
 
 def sharded_sigmoid_contrastive(
     zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array | float, b: jax.Array | float, *,
-    mesh: Mesh, axis: str = "data", tile: int = DEFAULT_TILE,
+    mesh: Mesh, axis: str = "data", tile: int = DEFAULT_TILE, block_impl: str = "chunked",
+    backend: str | None = None, fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """`contrastive.sigmoid_contrastive` of global zimg, ztxt [B, D] by the ring."""
     return _sharded(ring_sigmoid_contrastive, "sharded_sigmoid_contrastive", zimg, ztxt,
-                    {"log_t": log_t, "b": b}, mesh, axis, tile, ("zimg", "ztxt"))
+                    {"log_t": log_t, "b": b}, mesh, axis, ("zimg", "ztxt"), tile, block_impl,
+                    backend, fallback)
 
 
 def sharded_nt_xent(
     z1: jax.Array, z2: jax.Array, tau: jax.Array | float, *, mesh: Mesh,
-    axis: str = "data", tile: int = DEFAULT_TILE,
+    axis: str = "data", tile: int = DEFAULT_TILE, block_impl: str = "chunked",
+    backend: str | None = None, fallback: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """`contrastive.nt_xent` of global views z1, z2 [N, D] by the ring."""
-    return _sharded(ring_nt_xent, "sharded_nt_xent", z1, z2, {"tau": tau}, mesh, axis, tile,
-                    ("z1", "z2"))
+    return _sharded(ring_nt_xent, "sharded_nt_xent", z1, z2, {"tau": tau}, mesh, axis,
+                    ("z1", "z2"), tile, block_impl, backend, fallback)

@@ -263,6 +263,21 @@ def test_sigmoid_pair_blocks_sum_like_a_ring():
         assert_close(got, want, 1e-5)
 
 
+def test_sigmoid_pair_without_positives_is_all_negatives():
+    """positive_offset=None: every cell has y = -1 (a ring step whose block holds no diagonal)."""
+    zq, zk = embeddings(3, 9, 11, 8)
+    g_row = jnp.linspace(0.5, 2.0, 9)
+    fn = lambda a, b, t, bias: jnp.sum(g_row * reference.sigmoid_pair_row_sums(a, b, t, bias, None))
+    ref_loss, ref_grads = value_and_grads(fn, zq, zk, jnp.float32(LOG_T), jnp.float32(SIGLIP_BIAS))
+    logits = np.exp(LOG_T) * np.asarray(zq, np.float64) @ np.asarray(zk, np.float64).T + SIGLIP_BIAS
+    assert_close(ref_loss, np.sum(np.asarray(g_row) * np.logaddexp(0.0, logits).sum(1)), 1e-5)
+    got = api.sigmoid_pair_row_sums(zq, zk, LOG_T, SIGLIP_BIAS, positive_offset=None, **INTERPRET)
+    assert_close(jnp.sum(g_row * got), ref_loss, 1e-5)
+    grads = api.sigmoid_pair_row_sums_backward(zq, zk, LOG_T, SIGLIP_BIAS, g_row, positive_offset=None, **INTERPRET)
+    for g, want in zip(grads, ref_grads):
+        assert_close(g, want, 1e-5)
+
+
 def _weighted(row_col):
     row, col = row_col
     return jnp.sum(jnp.linspace(-1.0, 1.0, row.shape[0]) * row) + jnp.sum(col ** 2)

@@ -126,10 +126,8 @@ class PallasBlocks(NamedTuple):
         return dict(self_offset=offset, backend=self.backend)
 
     def _all_negative(self, a, c) -> dict[str, Any]:
-        # Every pair as a negative (y = -1), as ScanBlocks: a positive_offset
-        # past the block (no cell has j - i == Bq + Bk). Not None: the kernels
-        # read positive_offset=None as y = +1 on every cell.
-        return dict(positive_offset=a.shape[0] + c.shape[0], backend=self.backend)
+        del a, c  # Every pair a negative (y = -1), as ScanBlocks.
+        return dict(positive_offset=None, backend=self.backend)
 
     def softmax_forward(self, a, c, scale, rows, cols, *, row_offset=0, col_offset=0,
                         exclude_diagonal=False):

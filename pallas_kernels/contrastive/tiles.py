@@ -102,7 +102,7 @@ class _SigmoidTiles:
     @staticmethod
     def _signed(logits, diag):
         """-y * logits."""
-        return -logits if diag is None else jnp.where(diag, -logits, logits)
+        return logits if diag is None else jnp.where(diag, -logits, logits)
 
     @staticmethod
     def fwd_init(shape):

@@ -97,6 +97,23 @@ def test_student_split_overlapping_weak_split_raises(tmp_path):
         registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
 
 
+def test_stage_configs_get_seed_splits_and_paths():
+    from jaxsup import w2s
+
+    c = tiny_pipeline_config(**{"strong_init.path": "/runs/simclr", "splits.test": "train[90%:]"})
+    for stage in ("weak", "ceiling", "student", "student_aux"):
+        s = w2s.stage_config(c, stage, 7, "/runs/w2s/seed_7")
+        assert s.seed == 7 and s.evals.test.split == "train[90%:]"
+        assert s.data.train_split == (A_SPLIT if stage == "weak" else B_SPLIT)
+        if stage != "weak":
+            assert (s.finetune.init_from, s.finetune.init_subtree) == ("/runs/simclr", "params/encoder")
+        if stage.startswith("student"):
+            assert s.w2s.weak_labels == "/runs/w2s/seed_7/weak_labels.npz" and s.w2s.weak_split == A_SPLIT
+            assert s.w2s.loss == ("aux" if stage == "student_aux" else "soft_ce")
+            assert "label" not in ",".join(s.data.preprocess)  # students never get true labels
+    assert c.stages.weak.seed == 0  # the pipeline config itself is untouched
+
+
 # ------------------------------------------------------------ weak labels
 def test_weak_label_file_roundtrip_orders_by_index(tmp_path):
     table = random_weak_labels(tmp_path / "w.npz", 719)

@@ -159,11 +159,13 @@ def main() -> None:
             print(f"{name}: skipped: {err}")
     times = time_steps(built, args.steps, args.warmup)
 
-    peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, args.peak_flops)
+    peak_override = args.peak_flops or base.peak_flops_per_device
+    peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, peak_override)
     print(f"{args.config} batch={args.batch} backend={jax.default_backend()} devices={jax.device_count()} "
           f"({jax.devices()[0].device_kind}) steps={args.steps} (median) peak={peak or 'n/a'}")
+    ratios = f" {'step/ref':>8} {'cpu/ref':>8} {'mem/ref':>8}" if args.compare else ""
     header = (f"{'variant':10} {'compile s':>9} {'step ms':>9} {'cpu ms':>9} {'ex/s':>9} {'temp MiB':>9} "
-              f"{'GFLOP/dev':>9} {'MFU':>6}" + (f" {'step/ref':>8} {'cpu/ref':>8} {'mem/ref':>8}" if args.compare else ""))
+              f"{'GFLOP/dev':>9} {'MFU':>6}" + ratios)
     print(header)
     print("-" * len(header))
     ref = built.get("reference")

@@ -98,7 +98,9 @@ def cached_contrastive_loss(
       (loss, metrics) as returned by loss_fn on the full batch.
     """
     if isinstance(num_micro_batches, bool) or not isinstance(num_micro_batches, int) or num_micro_batches < 1:
-        raise ValueError(f"cached_contrastive_loss: num_micro_batches must be a positive int, got {num_micro_batches!r}.")
+        raise ValueError(
+            f"cached_contrastive_loss: num_micro_batches must be a positive int, got {num_micro_batches!r}."
+        )
     k = num_micro_batches
     micro_size = _batch_size(batch, k) // k
 

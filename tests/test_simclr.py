@@ -14,6 +14,7 @@ from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT
+from test_clip import assert_leaves_close
 
 
 @registry.register("model", "test_spatial_features")
@@ -121,8 +122,7 @@ def test_chunked_and_ring_nt_xent_equal_reference_on_8_devices():
     for impl in ("chunked", "ring"):
         _, _, _, value, grads = loss_and_grads(impl, images, mesh)
         np.testing.assert_allclose(value, ref, rtol=1e-5, err_msg=impl)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl),
-                     grads, ref_grads)
+        assert_leaves_close(grads, ref_grads, 1e-5, impl)
 
 
 def test_views_come_from_the_step_rng_and_batchnorm_stats_update():

@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsup import metrics as metrics_lib, optim, registry, sharding
+from jaxsup import metrics as metrics_lib, sharding
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
-from jaxsup.step import TrainState, make_train_step
+from jaxsup.step import TrainState, build_step
 
 IMPLS = ("reference", "chunked", "pallas")
 
@@ -64,33 +64,14 @@ class BuiltStep:
 
 
 def build_train_step(config, mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> BuiltStep:
-    """The train step exactly as jaxsup.train builds it, AOT-compiled for `batch` (global, NumPy)."""
-    batch_sharding = sharding.batch_sharding(mesh, config.batch_axes)
-    task = registry.get("task", config.task)(config, mesh)
-    optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    example = jax.tree.map(lambda x: jnp.asarray(x[:1]), batch)
-
-    def init_state(rng):
-        params, task_state = task.init(rng, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), task_state)
-
-    init_rng = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
-    state_shardings = sharding.tree_shardings(jax.eval_shape(init_state, init_rng), config.partition_rules, mesh)
-    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-    frozen = task.load_frozen()
-    micro_sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, sharding.data_axes(mesh, config.batch_axes)))
-    step_fn = jax.jit(
-        make_train_step(task, optimizer, schedule, config.seed, config.grad_accum_steps, micro_sharding),
-        in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, frozen), batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-    global_batch = pipeline.to_global(batch, batch_sharding)
+    """The train step exactly as jaxsup.train builds it (jaxsup.step.build_step), AOT-compiled for `batch`."""
+    setup = build_step(config, mesh, jax.tree.map(lambda x: jnp.asarray(x[:1]), batch))
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
+    global_batch = pipeline.to_global(batch, sharding.batch_sharding(mesh, config.batch_axes))
     start = time.perf_counter()
-    compiled = step_fn.lower(state, frozen, global_batch).compile()
+    compiled = setup.step_fn.lower(state, setup.frozen, global_batch).compile()
     compile_s = time.perf_counter() - start
-    return BuiltStep(compiled, state, frozen, global_batch, compile_s, metrics_lib.compiled_stats(compiled))
+    return BuiltStep(compiled, state, setup.frozen, global_batch, compile_s, metrics_lib.compiled_stats(compiled))
 
 
 def tiled_batch(config, batch_size: int, unique: int = 256) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ not per-example means: see the README (GradCache) before accumulating them.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -107,3 +108,54 @@ def make_train_step(
         return new_state, out
 
     return train_step
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """What train.py (and benchmarks/train_step.py) build before the loop."""
+
+    task: Any
+    init_state: Callable[[jax.Array], TrainState]  # jit it with out_shardings=state_shardings
+    init_rng: jax.Array
+    abstract_state: Any  # TrainState of ShapeDtypeStructs
+    state_shardings: Any
+    frozen: Any  # task.load_frozen(): teacher params etc., already on devices
+    step_fn: Any  # jax.jit(train_step, in/out shardings, donated state): lower + compile it
+
+
+def build_step(config: Any, mesh: jax.sharding.Mesh, example: dict[str, jax.Array]) -> StepSetup:
+    """Task, optimizer, state shardings and the jitted train step for `config` on `mesh`.
+
+    Args:
+      example: a batch of one example (arrays), for the shapes of init.
+    """
+    from jaxsup import optim, registry, sharding  # Local: step.py stays importable on its own.
+
+    task = registry.get("task", config.task)(config, mesh)
+    optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
+
+    def init_state(rng):
+        params, task_state = task.init(rng, example)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), task_state)
+
+    init_rng = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
+    abstract_state = jax.eval_shape(init_state, init_rng)
+    state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
+    frozen = task.load_frozen()
+    shards = sharding.num_batch_shards(mesh, config.batch_axes)
+    if config.batch_size % (config.grad_accum_steps * shards):
+        raise ValueError(
+            f"config.grad_accum_steps={config.grad_accum_steps} micro-batches do not divide the per-device "
+            f"batch (batch_size={config.batch_size} over {shards} devices)."
+        )
+    micro_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, sharding.data_axes(mesh, config.batch_axes))
+    )
+    step_fn = jax.jit(
+        make_train_step(task, optimizer, schedule, config.seed, config.grad_accum_steps, micro_sharding),
+        in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, frozen),
+                      sharding.batch_sharding(mesh, config.batch_axes)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    return StepSetup(task, init_state, init_rng, abstract_state, state_shardings, frozen, step_fn)

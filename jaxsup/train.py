@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +21,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxsup import checkpoint, distributed, metrics as metrics_lib, optim, registry, sharding
-from jaxsup.step import TrainState, make_train_step
+from jaxsup import checkpoint, distributed, metrics as metrics_lib, registry, sharding
+from jaxsup.step import build_step
 from jaxsup.data import pipeline, preprocess, sources
 
 log = logging.getLogger("jaxsup")
@@ -79,56 +78,30 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     )
 
     # ----------------------------------------------------------- model + task
-    task = registry.get("task", config.task)(config, mesh)
-    optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    example = jax.tree.map(lambda x: jnp.asarray(x[:1]), train_data[0])
+    setup = build_step(config, mesh, example)
+    task, frozen = setup.task, setup.frozen
     evaluators = {
         name: registry.get("evaluator", cfg.type)(cfg, config.data, batch_sharding)
         for name, cfg in config.evals.items()
     }
 
-    # ------------------------------------------------------------------ state
-    example = jax.tree.map(lambda x: jnp.asarray(x[:1]), train_data[0])
-
-    def init_state(rng):
-        params, task_state = task.init(rng, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), task_state)
-
-    init_rng = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
-    abstract_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
-    frozen = task.load_frozen()
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
-
-    # ---------------------------------------------------------------- restore
+    # ------------------------------------------------------- state / restore
     ckpt = checkpoint.Checkpointer(
         workdir, every=config.checkpoint.every, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
     )
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(checkpoint.abstract_tree(abstract_state, state_shardings))
+        state, _ = ckpt.restore(checkpoint.abstract_tree(setup.abstract_state, setup.state_shardings))
         log.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
     else:
-        state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
     start_step = int(state.step)
 
     # ------------------------------------------------------------ jitted step
-    micro_sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, sharding.data_axes(mesh, config.batch_axes))
-    )
-    if config.batch_size % (config.grad_accum_steps * sharding.num_batch_shards(mesh, config.batch_axes)):
-        raise ValueError(
-            f"config.grad_accum_steps={config.grad_accum_steps} micro-batches do not divide the per-device "
-            f"batch (batch_size={config.batch_size} over {sharding.num_batch_shards(mesh, config.batch_axes)} devices)."
-        )
-    step_fn = jax.jit(
-        make_train_step(task, optimizer, schedule, config.seed, config.grad_accum_steps, micro_sharding),
-        in_shardings=(state_shardings, frozen_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
     batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
     first_batch = pipeline.to_global(next(batches), batch_sharding) if start_step < config.total_steps else None
     compile_start = time.perf_counter()
-    train_step = step_fn.lower(state, frozen, first_batch or example_global(example, batch_sharding, config)).compile()
+    train_step = setup.step_fn.lower(state, frozen, first_batch or example_global(example, batch_sharding, config)).compile()
     perf = {"perf/compile_s": time.perf_counter() - compile_start, **{
         f"perf/{k}": v for k, v in metrics_lib.compiled_stats(train_step).items()}}
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.peak_flops_per_device)

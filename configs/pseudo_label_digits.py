@@ -14,6 +14,20 @@ the EMA teacher's ("teacher_top1") and their agreement on "test".
 unlabelled rows ignored: the baseline); "future" (learning from the future:
 the teacher moves towards theta - future_lr * grad CE_labelled before
 labelling); "runlocal" (a few steps).
+
+Comparison over seeds (9 runs, ~8 min on 2 busy CPU cores):
+
+    for s in 0 1 2; do for a in "" labels_only future; do
+      python -m jaxsup.train --config configs/pseudo_label_digits.py:$a \
+          --workdir /tmp/jaxsup/pl/${a:-pseudo_label}/seed_$s --config.seed=$s; done; done
+
+Measured (seeds 0-2, test top-1 at step 600, mean ± std): labels only
+93.5 ± 0.5 (EMA teacher 93.1); pseudo-labels 93.5 ± 0.9 (teacher 93.6);
+learning from the future 93.6 ± 0.8 (teacher 93.3). No gain at this scale:
+the confident pseudo-labels are ~100 % correct and cover ~75 % of the
+unlabelled rows by the end, but they are the examples the student already
+gets right. With stronger student views (augment=simclr, crop_scale
+(0.4, 1), 800 steps): labels only 92.3 ± 0.9, pseudo-labels 92.5 ± 0.2.
 """
 from jaxsup.config import base_config
 from jaxsup.tasks import pseudo_label

@@ -31,7 +31,8 @@ def teacher_dir(tmp_path_factory):
 
 def kd_config(teacher_dir, **overrides):
     base = {
-        "distill.teacher.path": teacher_dir, "model_name": "mlp", "model": dict(widths=(16,), num_classes=10),
+        "distill.teacher.path": teacher_dir, "data.train_split": "train",
+        "model_name": "mlp", "model": dict(widths=(16,), num_classes=10),
         "batch_size": 32, "total_steps": 4, "log_every": 1, "checkpoint.every": 0, "checkpoint.async_save": False,
         "mesh": (("data", 1),), "evals.test.every": 0, "evals.test.batch_size": 120,
     }
@@ -249,3 +250,29 @@ def test_finetune_starts_from_the_other_runs_weights(teacher_dir, tmp_path):
                       {**overrides, "model": dict(widths=(48,), num_classes=10)})
     with pytest.raises(checkpoint.CheckpointError, match=r"'params/dense_0'.*kernel: checkpoint \(64, 32\) vs model \(64, 48\)"):
         train_and_evaluate(bad, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_simclrv2_chain_smoke(tmp_path):
+    """pretrain -> fine-tune (restores the encoder and its BatchNorm stats) -> distil, 20 steps each."""
+    import subprocess
+
+    out = subprocess.run(["bash", "scripts/simclrv2_digits.sh", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "RUNLOCAL": "1"}, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("simclrv2 ")]
+    assert [line.split()[1] for line in lines] == ["pretrain", "finetune", "distill"]
+    assert "test/teacher_top1" in lines[-1] and "test/kl" in lines[-1]
+
+
+@pytest.mark.slow
+def test_seeds_driver_smoke(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_digits_seeds", os.path.join(ROOT, "scripts/kd_digits_seeds.py"))
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    driver.main(["--steps", "4", "--seeds", "0", "1", "--which", "kd", "--root", str(tmp_path)])
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    assert table[0].startswith("== kd") and len(table) == 4
+    assert all(len(row.split("[")[1].split()) == 2 for row in table[1:])

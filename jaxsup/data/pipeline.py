@@ -50,8 +50,13 @@ def train_dataset(
 
 
 def indexed(source: Any) -> grain.MapDataset:
-    """MapDataset of (index, example) pairs."""
-    return grain.MapDataset.source(source).map_with_index(lambda i, ex: (i, ex))
+    """MapDataset of (index, example) pairs; index in [0, len(source)).
+
+    Under `.shuffle().repeat()` grain hands this map the stream position
+    (epoch * N + position), hence the modulo.
+    """
+    n = len(source)
+    return grain.MapDataset.source(source).map_with_index(lambda i, ex: (i % n, ex))
 
 
 def with_index(preprocess: Callable[[dict], dict]) -> Callable[[tuple[int, dict]], dict]:

@@ -191,10 +191,10 @@ USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, Floating
                distributed.DistributedInitError)
 
 
-def run() -> None:
-    """app.run(main), printing a user error (bad config, data, checkpoint) as one line."""
+def run(main_fn=None) -> None:
+    """app.run(main_fn or main), printing a user error (bad config, data, checkpoint) as one line."""
     try:
-        app.run(main)
+        app.run(main_fn or main)
     except USER_ERRORS as err:
         if os.environ.get("JAXSUP_TRACEBACK"):
             raise

@@ -167,4 +167,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from jaxsup.train import run
+
+    run(main)

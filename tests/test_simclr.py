@@ -172,3 +172,11 @@ def test_bad_simclr_options_are_named():
         registry.get("task", "simclr")(tiny_simclr_config(**{"simclr.impl": "fast"}), mesh)
     with pytest.raises(ValueError, match=r"config.simclr.head \['depth'\]"):
         registry.get("task", "simclr")(tiny_simclr_config(**{"simclr.head": dict(depth=2)}), mesh)
+
+
+def test_imagenet_config_loads_and_runlocal_switches_to_digits():
+    full = load_config(os.path.join(ROOT, "configs/simclr_resnet50_imagenet.py"))
+    local = load_config(os.path.join(ROOT, "configs/simclr_resnet50_imagenet.py:runlocal"))
+    assert (full.data.name, full.model.depth, full.optim.name, full.simclr.impl) == ("imagenet2012", 50, "lars", "ring")
+    assert full.optim.lr == pytest.approx(0.3 * full.batch_size / 256)
+    assert local.data.name == "digits" and local.task == "simclr" and local.total_steps == 20

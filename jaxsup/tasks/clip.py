@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxsup import registry
 from jaxsup.losses import contrastive, distributed

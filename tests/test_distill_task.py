@@ -275,4 +275,4 @@ def test_seeds_driver_smoke(tmp_path, capsys):
     driver.main(["--steps", "4", "--seeds", "0", "1", "--which", "kd", "--root", str(tmp_path)])
     table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
     assert table[0].startswith("== kd") and len(table) == 4
-    assert all(len(row.split("[")[1].split()) == 2 for row in table[1:])
+    assert all(len(row.rsplit("[", 1)[1].split()) == 2 for row in table[1:])

@@ -14,13 +14,15 @@ the teacher is trained with the same seed):
                   KD on all of train: the unlabelled 90 % too).
   feature         as "kd" plus the ND feature term (configs/feature_kd_digits.py).
 Runs live in ROOT/seed<k>/<arm>; a finished run is not trained again (it
-resumes at its last step and only re-evaluates), so re-running is cheap.
+resumes at its last step and only re-evaluates), so re-running is cheap
+(use another --root when changing --steps).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import statistics
 import sys
 from typing import Any
@@ -41,6 +43,12 @@ def _run(config, workdir: str) -> float:
     return float(train_and_evaluate(config, workdir)["test/top1"])
 
 
+def slug(split: str) -> str:
+    """A run-directory name for a split: "train[:10%]" -> "train_10pct" (Orbax/tensorstore
+    cannot reopen checkpoints under paths with "%" in them)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", split.replace("%", "pct")).strip("_")
+
+
 def run_comparison(which: str, seed: int, root: str, steps: int | None) -> dict[str, float]:
     """{arm name: test top-1} for one comparison and seed."""
     common = {"seed": seed, "checkpoint.async_save": False}
@@ -53,7 +61,7 @@ def run_comparison(which: str, seed: int, root: str, steps: int | None) -> dict[
     labelled = student.distill.labelled_split or student.data.train_split
     if which == "label_fraction":
         teacher_cfg = _load("supervised_digits.py", {**common, "data.train_split": labelled, "batch_size": 64})
-        teacher_dir = d("teacher_" + labelled.replace("train[:", "").replace("%]", "pct"))
+        teacher_dir = d("teacher_" + slug(labelled))
     else:
         teacher_cfg, teacher_dir = _load("supervised_digits.py", common), d("teacher_all")
     results = {f"teacher ({teacher_cfg.model_name}, labels {teacher_cfg.data.train_split})": _run(teacher_cfg, teacher_dir)}
@@ -61,7 +69,7 @@ def run_comparison(which: str, seed: int, root: str, steps: int | None) -> dict[
 
     baseline = _load("supervised_digits.py", {**common, **scratch_baseline_overrides(student)})
     arm = f"student {student.model_name} {tuple(student.model.widths)}"
-    results[f"{arm}: CE on {labelled} alone"] = _run(baseline, d("scratch_" + labelled))
+    results[f"{arm}: CE on {labelled} alone"] = _run(baseline, d("scratch_" + slug(labelled)))
     student.distill.teacher.path = teacher_dir
     kd_arm = {"kd": f"KD (T={student.distill.temperature}, alpha={student.distill.alpha}) on {student.data.train_split}",
               "feature": f"KD + ND (lambda={student.distill.nd_lambda}) on {student.data.train_split}",

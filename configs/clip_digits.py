@@ -32,7 +32,8 @@ def digits_clip_config(loss: str, arg=None):
     args = set((arg or "").split(","))
     c = base_config()
     c.task = "clip"
-    c.clip = dict(loss=loss, impl="reference", tile=512, fallback=True, axis="data")
+    c.clip = dict(loss=loss, impl="reference", tile=512, fallback=True, axis="data", block_impl="chunked",
+                  grad_cache_micro_batches=1)
     c.model_name = "two_tower"
     c.model = dict(
         image="cnn", image_kwargs=dict(widths=(64, 128), num_classes=None),

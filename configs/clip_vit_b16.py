@@ -46,7 +46,9 @@ def image_text_config(loss: str, arg=None):
 
     c = base_config()
     c.task = "clip"
-    c.clip = dict(loss=loss, impl="ring", tile=512, fallback=True, axis="data")
+    # Ring over the data axis; on GPU/TPU set block_impl="pallas" for the fused per-device blocks.
+    c.clip = dict(loss=loss, impl="ring", tile=512, fallback=True, axis="data", block_impl="chunked",
+                  grad_cache_micro_batches=1)
     c.model_name = "two_tower"
     c.model = dict(
         image="vit", image_kwargs=dict(variant="B/16", num_classes=None),

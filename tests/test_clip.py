@@ -48,9 +48,9 @@ def digits_batch(config, n=BATCH, split="train"):
     return next(pipeline.eval_batches(source, ops, n, process_index=0, process_count=1))
 
 
-def loss_and_grads(loss, impl, batch, mesh, variables=None):
+def loss_and_grads(loss, impl, batch, mesh, variables=None, **options):
     """(task, params, state, loss, grads) of the clip task with `impl`; variables reuses an init."""
-    config = tiny_clip_config(**{"clip.loss": loss, "clip.impl": impl, "clip.tile": 8})
+    config = tiny_clip_config(**{"clip.loss": loss, "clip.impl": impl, "clip.tile": 8, **options})
     task = registry.get("task", "clip")(config, mesh)
     params, state = variables or jax.jit(task.init)(jax.random.key(0), jax.tree.map(lambda x: x[:1], batch))
     placed = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, NamedSharding(mesh, P("data")))

@@ -11,6 +11,9 @@ config.clip fields:
   tile: column tile of the chunked / ring paths
   fallback: impl="pallas" on a backend it cannot run on warns and uses "chunked"
   axis: the mesh axis the ring runs over ("data")
+  block_impl: "chunked" | "pallas": the per-device block math of impl="ring"
+  grad_cache_micro_batches: k > 1 computes the full-batch loss GradCache-style
+        (jaxsup.losses.gradcache): activations of one micro-batch of B/k at a time
 
 predict(batch) outputs (each only when its input is in the batch, so a batch
 with only "tokens" runs only the text tower):
@@ -23,14 +26,17 @@ from typing import Any
 
 import jax
 
-from jaxsup import registry
-from jaxsup.losses import contrastive, distributed
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxsup import registry, sharding
+from jaxsup.losses import contrastive, distributed, gradcache
 from jaxsup.losses.dispatch import IMPLS
 from jaxsup.models.two_tower import LOSS_TYPES
 from jaxsup.tasks.base import Batch, Task, build_model, split_variables
 
 CLIP_IMPLS = IMPLS + ("ring",)
-DEFAULTS = dict(loss="softmax", impl="reference", tile=contrastive.DEFAULT_TILE, fallback=True, axis="data")
+DEFAULTS = dict(loss="softmax", impl="reference", tile=contrastive.DEFAULT_TILE, fallback=True, axis="data",
+                block_impl="chunked", grad_cache_micro_batches=1)
 
 
 def task_options(config: Any, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +67,8 @@ def contrastive_image_text_loss(
     """The configured CLIP (softmax) or SigLIP (sigmoid) loss of zimg, ztxt [B, E]."""
     log_t = out["log_t"]
     if opts["impl"] == "ring":
-        ring = dict(mesh=mesh, axis=opts["axis"], tile=opts["tile"])
+        ring = dict(mesh=mesh, axis=opts["axis"], tile=opts["tile"], block_impl=opts["block_impl"],
+                    fallback=opts["fallback"])
         if opts["loss"] == "softmax":
             return distributed.sharded_softmax_contrastive(zimg, ztxt, log_t, **ring)
         return distributed.sharded_sigmoid_contrastive(zimg, ztxt, log_t, out["bias"], **ring)
@@ -91,6 +98,20 @@ class Clip(Task):
                 "set only config.clip.loss."
             )
         self.model = build_model(config.model_name, {**kwargs, "loss": self.opts["loss"]})
+        self._check_grad_cache(config, mesh)
+
+    def _check_grad_cache(self, config: Any, mesh) -> None:
+        k = self.opts["grad_cache_micro_batches"]
+        if k < 1:
+            raise ValueError(f"config.clip.grad_cache_micro_batches must be >= 1, got {k}.")
+        if k > 1 and config.grad_accum_steps > 1:
+            raise ValueError("config.clip.grad_cache_micro_batches > 1 replaces grad_accum_steps; set one of them.")
+        shards = sharding.num_batch_shards(mesh, config.batch_axes)
+        if k > 1 and config.batch_size % (k * shards):
+            raise ValueError(
+                f"config.clip.grad_cache_micro_batches={k} does not divide the per-device batch "
+                f"(batch_size={config.batch_size} over {shards} devices)."
+            )
 
     @staticmethod
     def _check_batch(batch: Batch, needed: tuple[str, ...]) -> None:
@@ -106,9 +127,35 @@ class Clip(Task):
         variables = self.model.init(rng, batch["image"], batch["tokens"], train=False)
         return split_variables(variables)
 
+    def _grad_cache_loss(self, params, task_state, batch, rng):
+        """Full-batch loss at one micro-batch's activation memory (jaxsup.losses.gradcache)."""
+        if task_state:
+            raise ValueError("config.clip.grad_cache_micro_batches > 1 needs a model without BatchNorm state.")
+
+        def embed(p, micro_batch, rng_i):
+            zimg, ztxt, _ = self.model.apply(
+                {"params": p}, micro_batch["image"], micro_batch["tokens"], train=True, rngs={"dropout": rng_i}
+            )
+            return {"zimg": zimg, "ztxt": ztxt}
+
+        def loss_of(p, emb):
+            _, _, out = self.model.apply({"params": p}, None, None)  # log_t (and bias) only
+            loss, metrics = contrastive_image_text_loss(emb["zimg"], emb["ztxt"], out, self.opts, self.mesh)
+            return loss, {**metrics, **{k: out[k] for k in ("t", "bias") if k in out}}
+
+        axes = sharding.data_axes(self.mesh, self.config.batch_axes)
+        loss, metrics = gradcache.cached_contrastive_loss(
+            embed, loss_of, params, {"image": batch["image"], "tokens": batch["tokens"]},
+            self.opts["grad_cache_micro_batches"], rng=rng,
+            micro_batch_sharding=NamedSharding(self.mesh, PartitionSpec(None, axes)),
+        )
+        return loss, (metrics, task_state)
+
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del frozen, step
         self._check_batch(batch, ("image", "tokens"))
+        if self.opts["grad_cache_micro_batches"] > 1:
+            return self._grad_cache_loss(params, task_state, batch, rng)
         (zimg, ztxt, out), task_state = apply_with_state(
             self.model, params, task_state, batch["image"], batch["tokens"], train=True, rngs={"dropout": rng}
         )

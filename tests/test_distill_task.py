@@ -43,10 +43,10 @@ def make_task(config, cls=Distill, devices=1):
     return cls(config, sharding.make_mesh((("data", devices),)))
 
 
-def train_batch(config, size=32, seed=3):
+def train_batch(config, size=32, seed=3, step=0):
     source = sources.open_source(config.data.name, config.data.train_split)
     data = pipeline.train_dataset(source, preprocess.build(config.data.preprocess), size, seed)
-    return {k: jnp.asarray(v) for k, v in data[0].items()}
+    return {k: jnp.asarray(v) for k, v in data[step].items()}
 
 
 def np_log_softmax(x):
@@ -73,13 +73,18 @@ def test_kd_loss_and_grads_match_the_formula(teacher_dir, labelled_split):
     config = kd_config(teacher_dir, **{"distill.alpha": 0.7, "distill.temperature": 3.0,
                                        "distill.augment": "none", "distill.labelled_split": labelled_split})
     task = make_task(config)
-    batch = train_batch(config, size=64)
+    batch = train_batch(config, size=64, step=30)  # second epoch
     params, state = task.init(jax.random.key(1), jax.tree.map(lambda x: x[:1], batch))
     frozen = task.load_frozen()
     t = jnp.asarray(teacher_logits(teacher_dir, batch["image"]))
-    n_labelled = len(sources.open_source("digits", "train[:10%]"))
-    weights = (batch["index"] < n_labelled if labelled_split else jnp.ones(64)).astype(jnp.float32)
-    assert 0 < weights.sum() < 64 or not labelled_split
+    labelled_source = sources.open_source("digits", "train[:10%]")
+    weights = (batch["index"] < len(labelled_source) if labelled_split else jnp.ones(64)).astype(jnp.float32)
+    if labelled_split:  # the rows the task treats as labelled are examples of train[:10%]
+        assert 0 < weights.sum() < 64
+        for row in np.flatnonzero(np.asarray(weights)):
+            example = labelled_source[int(batch["index"][row])]
+            np.testing.assert_array_equal(batch["image"][row], example["image"] / np.float32(255.0))
+            assert int(batch["label"][row]) == int(example["label"])
 
     def task_loss(p):
         return task.loss_fn(p, state, frozen, batch, jax.random.key(0), jnp.int32(0))[0]

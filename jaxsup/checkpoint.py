@@ -27,6 +27,13 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match what restores it."""
 
 
+def check_path(path: str) -> None:
+    """TensorStore reads '%' in a path as a URL escape: such checkpoints save but never restore."""
+    if "%" in path:
+        raise CheckpointError(f"Checkpoint path {path!r} contains '%', which Orbax/TensorStore cannot read back; "
+                              "choose a directory name without it.")
+
+
 def checkpoint_dir(workdir_or_path: str) -> str:
     """`<workdir>/checkpoints` if it exists there, else the path itself."""
     sub = os.path.join(workdir_or_path, CHECKPOINT_DIR)
@@ -87,6 +94,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, every: int, keep: int = 2, async_save: bool = True):
         self.every = int(every)
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        check_path(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -213,6 +221,7 @@ def restore_subtree(
       step: default latest.
     """
     directory = checkpoint_dir(path)
+    check_path(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"Checkpoint path {path!r} does not exist.")
     manager = _make_manager(directory, ocp.CheckpointManagerOptions(create=False, read_only=True))

@@ -95,6 +95,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         log.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
     else:
         state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
+        state = state.replace(**dict(zip(("params", "task_state"), task.warm_start(state.params, state.task_state))))
     start_step = int(state.step)
 
     # ------------------------------------------------------------ jitted step

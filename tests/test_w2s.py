@@ -205,7 +205,7 @@ def test_student_warm_start_from_pretrained_run(tmp_path):
         "finetune.init_state_subtree": "",
     })
     task = registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
-    params, _ = task.init(jax.random.key(5), {"image": jnp.zeros((1, 8, 8, 1))})
+    params, _ = task.warm_start(*task.init(jax.random.key(5), {"image": jnp.zeros((1, 8, 8, 1))}))
     saved = restored_params(str(tmp_path / "pretrained"))
     body = lambda p: {k: v for k, v in p.items() if k != "head"}  # noqa: E731
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, body(params)), body(saved))

@@ -4,6 +4,8 @@ A task owns its model(s) and turns a batch into a loss. train.py never
 branches on the method: it calls only these methods.
 
   init(rng, batch)                 -> (params, task_state)
+  warm_start(params, task_state)   -> (params, task_state) after a fresh init, never on
+                                      resume (e.g. pretrained weights onto their shardings)
   load_frozen()                    -> frozen pytree (e.g. teacher params), {} if none
   loss_fn(params, task_state, frozen, batch, rng, step)
                                    -> (loss, (metrics, new_task_state))
@@ -62,6 +64,9 @@ class Task:
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def warm_start(self, params: Any, task_state: Any) -> tuple[Any, Any]:
+        return params, task_state
 
     def load_frozen(self) -> Any:
         return {}

@@ -55,6 +55,8 @@ def image_text_config(loss: str, arg=None):
         text="text_transformer",
         text_kwargs=dict(vocab_size=vocab_size, max_len=max_len, width=512, depth=12, num_heads=8),
         embed_dim=512,
+        dtype="bfloat16",  # compute; params stay f32, losses accumulate in f32
+        param_dtype="float32",
     )
     c.data.name = "coco_captions"
     c.data.train_split = "train"

@@ -13,7 +13,7 @@ def get_config(arg=None):
     c = base_config()
     c.task = "supervised"
     c.model_name = "cnn"
-    c.model = dict(widths=(32, 64), num_classes=10)
+    c.model = dict(widths=(32, 64), num_classes=10, dtype="float32", param_dtype="float32")
     c.batch_size = 128
     c.total_steps = 600
     c.optim.lr = 3e-3
@@ -23,7 +23,8 @@ def get_config(arg=None):
     c.evals = dict(test=dict(type="classification", split="test", every=200, batch_size=360))
     if "vit" in args:
         c.model_name = "vit"
-        c.model = dict(patch_size=2, width=64, depth=2, mlp_dim=128, num_heads=2, num_classes=10)
+        c.model = dict(patch_size=2, width=64, depth=2, mlp_dim=128, num_heads=2, num_classes=10,
+                       dtype="float32", param_dtype="float32", remat=False)
     if "runlocal" in args:
         c.total_steps = 20
         c.log_every = 5

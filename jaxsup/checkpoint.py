@@ -4,12 +4,14 @@ mesh; restore a sub-tree (e.g. a teacher's params) from another run.
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`; `state` is the TrainState
 pytree, `meta` a JSON dict (the data-iterator position, the config).
 Restores are checked against the target first, so a checkpoint from another
-model fails with the mismatched keys and shapes named, before anything loads.
+model fails with the mismatched keys and shapes named, before anything loads
+(dtypes are not compared: a restore casts, e.g. f32 params into a bf16 target).
 A run never deletes checkpoints other than by keep-N rotation after a
 successful save, and a step that already exists is never written again.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -225,6 +227,13 @@ def restore_subtree(
     if not os.path.isdir(directory):
         raise CheckpointError(f"Checkpoint path {path!r} does not exist.")
     manager = _make_manager(directory, ocp.CheckpointManagerOptions(create=False, read_only=True))
+    try:
+        return _restore_subtree_with(manager, directory, subtree, target, step, sharding)
+    finally:
+        manager.close()
+
+
+def _restore_subtree_with(manager, directory: str, subtree: str, target: Any, step: int | None, sharding) -> Any:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"No checkpoint found under {directory!r}.")
@@ -247,9 +256,29 @@ def restore_subtree(
         )
     except Exception as err:
         raise CheckpointError(f"Restoring sub-tree {subtree!r} from {directory} failed: {err}") from err
-    finally:
-        manager.close()
     return _get_subtree(restored["state"], subtree, directory)
+
+
+def check_same_run(meta: dict[str, Any], config: Any, where: str) -> None:
+    """Raises if the checkpoint was written with another seed, batch size or dataset.
+
+    The data order and every RNG derive from (seed, step) and the batch size,
+    so resuming under different ones would silently change the run.
+    """
+    saved = json.loads(meta.get("config") or "{}")
+    saved_data, data = saved.get("data", {}), config.data
+    pairs = {
+        "seed": (meta.get("seed", saved.get("seed")), config.seed),
+        "batch_size": (saved.get("batch_size"), config.batch_size),
+        "data.name": (saved_data.get("name"), data.name),
+        "data.train_split": (saved_data.get("train_split"), data.train_split),
+    }
+    changed = [f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in pairs.items() if a is not None and a != b]
+    if changed:
+        raise CheckpointError(
+            f"Checkpoint {where} was written by a different run ({'; '.join(changed)}); resuming would change "
+            "the data order. Use a new --workdir, or restore its params with restore_subtree."
+        )
 
 
 def to_numpy_tree(tree: Any) -> Any:

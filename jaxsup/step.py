@@ -24,7 +24,7 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # int32 scalar: number of updates applied
+    step: jax.Array  # int32 scalar: steps taken (skipped non-finite ones included)
     params: Any
     opt_state: Any
     task_state: Any  # checkpointed, no gradients (BN stats, EMA teacher, buffers)

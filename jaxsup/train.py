@@ -91,7 +91,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         workdir, every=config.checkpoint.every, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
     )
     if ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(checkpoint.abstract_tree(setup.abstract_state, setup.state_shardings))
+        state, meta = ckpt.restore(checkpoint.abstract_tree(setup.abstract_state, setup.state_shardings))
+        checkpoint.check_same_run(meta, config, ckpt.directory)
         log.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
     else:
         state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)

@@ -16,6 +16,7 @@
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry-run" ]]; then dry_run=1; shift; fi
+if [[ "${1:-}" == "--" ]]; then shift; fi
 python="${PYTHON:-python}"
 port="${JAXSUP_PORT:-12355}"
 

@@ -82,6 +82,16 @@ def test_bad_input_names_the_cause(tmp_path, overrides, match):
     assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
 
 
+@pytest.mark.parametrize("override", [{"seed": 1}, {"batch_size": 64}])
+def test_resuming_with_another_seed_or_batch_size_is_refused(tmp_path, override):
+    train_and_evaluate(tiny_supervised_config(), str(tmp_path))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    name = next(iter(override))
+    with pytest.raises(checkpoint.CheckpointError, match=f"{name}: checkpoint"):
+        train_and_evaluate(tiny_supervised_config(total_steps=9, **override), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
 def test_workdir_with_percent_is_refused_before_training(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="'%'"):
         train_and_evaluate(tiny_supervised_config(), str(tmp_path / "train[:5%]"))

@@ -26,13 +26,18 @@ def tiny_supervised_config(**overrides):
     c.checkpoint.async_save = False
     c.evals = dict(test=dict(type="classification", split="test", every=0, batch_size=120))
     c.mesh = (("data", 1),)
+    return apply_overrides(c, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+    """Sets dotted keys ("optim.lr") on a (locked) ConfigDict; returns it."""
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
-        target = c
+        target = config
         for name in parents:
             target = getattr(target, name)
         setattr(target, leaf, value)
-    return c
+    return config
 
 
 def read_metrics(workdir: str) -> list[dict]:

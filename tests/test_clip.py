@@ -13,7 +13,7 @@ from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
 
-from helpers import ROOT
+from helpers import apply_overrides, ROOT
 
 BATCH = 16
 
@@ -33,13 +33,7 @@ def tiny_clip_config(spec="configs/clip_digits.py:runlocal", **overrides):
     c.evals = {k: v for k, v in c.evals.items() if k in ("zero_shot", "retrieval")}
     for ev in c.evals.values():
         ev.every = 0
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return c
+    return apply_overrides(c, overrides)
 
 
 def digits_batch(config, n=BATCH, split="train"):

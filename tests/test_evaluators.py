@@ -69,12 +69,13 @@ def test_linear_probe_matches_sklearn_logistic_regression():
     import jax.numpy as jnp
     from sklearn.linear_model import LogisticRegression
 
+    rng = np.random.default_rng(7)  # Own generator: the result must not depend on test order.
     n, d, k, l2 = 300, 10, 3, 1e-2
-    x = RNG.normal(size=(n, d)).astype(np.float32)
-    y = (x[:, :k] + 0.8 * RNG.normal(size=(n, k))).argmax(1).astype(np.int32)
-    params = linear_probe.fit_logistic_regression(jnp.asarray(x), jnp.asarray(y), k, l2, 200)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, :k] + 0.8 * rng.normal(size=(n, k))).argmax(1).astype(np.int32)
+    params = linear_probe.fit_logistic_regression(jnp.asarray(x), jnp.asarray(y), k, l2, 300)
     ref = LogisticRegression(C=1.0 / (l2 * n), tol=1e-10, max_iter=10_000).fit(x, y)
-    x_test = RNG.normal(size=(100, d)).astype(np.float32)
+    x_test = rng.normal(size=(100, d)).astype(np.float32)
     ours = np.asarray(jnp.asarray(x_test) @ params["w"] + params["b"])
     ours = np.exp(ours - ours.max(1, keepdims=True))
     np.testing.assert_allclose(ours / ours.sum(1, keepdims=True), ref.predict_proba(x_test), atol=1e-4)

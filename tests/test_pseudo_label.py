@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import ROOT
+from helpers import apply_overrides, ROOT
 from jaxsup import checkpoint, registry, sharding
 from jaxsup.config import load_config
 from jaxsup.tasks import pseudo_label
@@ -27,13 +27,7 @@ def small_config(arg="runlocal", **overrides):
     c.pseudo_label.temperature = 0.05  # a random teacher is confident on some rows
     c.pseudo_label.ema_decay = 0.9
     c.total_steps = 10
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return c
+    return apply_overrides(c, overrides)
 
 
 def make_task(config):

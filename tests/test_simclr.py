@@ -13,7 +13,7 @@ from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
 
-from helpers import ROOT
+from helpers import apply_overrides, ROOT
 from test_clip import assert_leaves_close
 
 
@@ -55,13 +55,7 @@ def tiny_simclr_config(**overrides):
     for ev in c.evals.values():
         ev.every = 0
     c.evals.linear_probe.steps = 50
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return c
+    return apply_overrides(c, overrides)
 
 
 def digits_images(n=16):

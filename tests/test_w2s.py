@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import ROOT, read_metrics, restored_params, tiny_supervised_config
+from helpers import apply_overrides, ROOT, read_metrics, restored_params, tiny_supervised_config
 from jaxsup import registry, sharding
 from jaxsup.config import load_config
 from jaxsup.evaluators import pgr
@@ -58,13 +58,7 @@ def student_config(labels_path, stage="student_aux", **overrides):
     c.w2s.weak_labels = str(labels_path)
     c.mesh = (("data", 1),)
     c.model.widths = (4, 8)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return c
+    return apply_overrides(c, overrides)
 
 
 # ------------------------------------------------------------------ splits

@@ -6,6 +6,7 @@ preprocessing than training (cfg fields `dataset`, `data_dir`, `preprocess`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -111,3 +112,30 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     true = np.take_along_axis(scores, labels[:, None].astype(np.int64), axis=1)
     rank = (scores > true).sum(axis=1)
     return (rank < k).astype(np.float64)
+
+
+class TrainTestFeatureEvaluator:
+    """Base of evaluators that fit on features of cfg.train_split and test on cfg.split.
+
+    cfg: train_split, split, batch_size, output ("features"), label_key ("label").
+    """
+
+    name = "feature evaluator"
+
+    def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
+        if not cfg.get("train_split"):
+            raise ValueError(f"{self.name} needs cfg.train_split (the split it fits on) and cfg.split.")
+        self.cfg = cfg
+        self.data_cfg = eval_data_config(cfg, data_cfg)
+        self.sharding = batch_sharding
+
+    def train_test_features(self, predict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(x_train [N, D], y_train [N], x_test [M, D], y_test [M], num_classes) from `predict`."""
+        cfg = self.cfg
+        output, label_key = cfg.get("output", "features"), cfg.get("label_key", "label")
+        get = functools.partial(extract, predict, self.data_cfg, batch_size=cfg.batch_size, sharding=self.sharding,
+                                inputs=("image",), outputs=(output,), keys=(label_key,))
+        train, test = get(split=cfg.train_split), get(split=cfg.split)
+        y_train, y_test = train[label_key].astype(np.int64), test[label_key].astype(np.int64)
+        num_classes = cfg.get("num_classes") or int(max(y_train.max(), y_test.max())) + 1
+        return train[output], y_train, test[output], y_test, num_classes

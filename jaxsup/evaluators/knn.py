@@ -12,7 +12,6 @@ dataset / data_dir / preprocess.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -20,7 +19,7 @@ import numpy as np
 
 from jaxsup import registry
 from jaxsup.evaluators.base import Predict
-from jaxsup.evaluators.features import eval_data_config, extract, normalize_rows
+from jaxsup.evaluators.features import TrainTestFeatureEvaluator, normalize_rows
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -47,26 +46,19 @@ def knn_predict(
 
 
 @registry.register("evaluator", "knn")
-class KnnEvaluator:
+class KnnEvaluator(TrainTestFeatureEvaluator):
     """See the module docstring."""
 
+    name = "knn"
+
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
-        if not cfg.get("train_split"):
-            raise ValueError("knn needs cfg.train_split (the neighbours' split) and cfg.split.")
         if cfg.get("weighting", "similarity") not in WEIGHTINGS:
             raise ValueError(f"Unknown knn weighting {cfg.weighting!r}; expected one of {WEIGHTINGS}.")
-        self.cfg = cfg
-        self.data_cfg = eval_data_config(cfg, data_cfg)
-        self.sharding = batch_sharding
+        super().__init__(cfg, data_cfg, batch_sharding)
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         cfg = self.cfg
-        output, label_key = cfg.get("output", "features"), cfg.get("label_key", "label")
-        get = functools.partial(extract, predict, self.data_cfg, batch_size=cfg.batch_size, sharding=self.sharding,
-                                inputs=("image",), outputs=(output,), keys=(label_key,))
-        train, test = get(split=cfg.train_split), get(split=cfg.split)
-        y_train, y_test = train[label_key].astype(np.int64), test[label_key].astype(np.int64)
-        num_classes = int(max(y_train.max(), y_test.max())) + 1
-        pred = knn_predict(train[output], y_train, test[output], int(cfg.get("k", 20)), num_classes,
+        x_train, y_train, x_test, y_test, num_classes = self.train_test_features(predict)
+        pred = knn_predict(x_train, y_train, x_test, int(cfg.get("k", 20)), num_classes,
                            cfg.get("weighting", "similarity"), float(cfg.get("temperature", 0.07)))
         return {"top1": float((pred == y_test).mean()), "count": float(len(y_test))}

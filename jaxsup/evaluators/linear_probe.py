@@ -14,7 +14,6 @@ optional dataset / data_dir / preprocess.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ import optax
 
 from jaxsup import registry
 from jaxsup.evaluators.base import Predict
-from jaxsup.evaluators.features import eval_data_config, extract
+from jaxsup.evaluators.features import TrainTestFeatureEvaluator
 
 
 def standardize(train: np.ndarray, test: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -63,25 +62,16 @@ def probe_accuracy(params: dict[str, jax.Array], x: np.ndarray, y: np.ndarray) -
 
 
 @registry.register("evaluator", "linear_probe")
-class LinearProbeEvaluator:
+class LinearProbeEvaluator(TrainTestFeatureEvaluator):
     """See the module docstring."""
 
-    def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
-        if not cfg.get("train_split"):
-            raise ValueError("linear_probe needs cfg.train_split (the split the probe is fit on) and cfg.split.")
-        self.cfg = cfg
-        self.data_cfg = eval_data_config(cfg, data_cfg)
-        self.sharding = batch_sharding
+    name = "linear_probe"
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         cfg = self.cfg
-        output, label_key = cfg.get("output", "features"), cfg.get("label_key", "label")
-        get = functools.partial(extract, predict, self.data_cfg, batch_size=cfg.batch_size, sharding=self.sharding,
-                                inputs=("image",), outputs=(output,), keys=(label_key,))
-        train, test = get(split=cfg.train_split), get(split=cfg.split)
-        x_train, x_test = standardize(train[output].astype(np.float32), test[output].astype(np.float32))
-        y_train, y_test = train[label_key].astype(np.int32), test[label_key].astype(np.int32)
-        num_classes = cfg.get("num_classes") or int(max(y_train.max(), y_test.max())) + 1
+        x_train, y_train, x_test, y_test, num_classes = self.train_test_features(predict)
+        x_train, x_test = standardize(x_train.astype(np.float32), x_test.astype(np.float32))
+        y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
         params = fit_logistic_regression(
             jnp.asarray(x_train), jnp.asarray(y_train), num_classes, float(cfg.get("l2", 1e-4)), int(cfg.get("steps", 300))
         )

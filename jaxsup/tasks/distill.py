@@ -51,7 +51,9 @@ from jaxsup.data import augment
 from jaxsup.evaluators.base import eval_global_batches
 from jaxsup.losses import distill as distill_losses
 from jaxsup.tasks.base import Task, build_model, masked_mean, split_variables
-from jaxsup.tasks.teacher import FrozenModel, abstract_init, apply_image_model, example_batch, split_size, teacher_spec
+from jaxsup.tasks.teacher import (
+    FrozenModel, abstract_init, apply_image_model, example_batch, leading_slice_count, teacher_spec,
+)
 
 KD_KINDS = ("kl", "rkl", "jsd", "soft_ce")
 AUGMENTS = ("none", "crop", "simclr")
@@ -105,16 +107,7 @@ def check_augment(name: str, where: str) -> None:
 def labelled_count(config: Any) -> int | None:
     """Length of distill.labelled_split (a leading slice of data.train_split), None if unset."""
     split = config.distill.labelled_split
-    if not split:
-        return None
-    base = config.data.train_split
-    if "[" in base or not split.startswith(base + "[:"):
-        raise ValueError(
-            f"distill.labelled_split={split!r} must be a leading slice of data.train_split={base!r} "
-            f"(e.g. '{base.split('[')[0]}[:10%]' with an unsliced train split), so that the labelled "
-            "examples are those with index < its length."
-        )
-    return split_size(config, split)
+    return leading_slice_count(config, split, "distill.labelled_split") if split else None
 
 
 def kd_term(student_logits: jax.Array, teacher_logits: jax.Array, kind: str, temperature: float, beta: float) -> jax.Array:

@@ -46,7 +46,7 @@ from jaxsup import registry
 from jaxsup.tasks.base import masked_mean
 from jaxsup.tasks.distill import augment_images, check_augment
 from jaxsup.tasks.supervised import Supervised
-from jaxsup.tasks.teacher import split_size
+from jaxsup.tasks.teacher import leading_slice_count, split_size
 from jaxsup.tasks.weak_to_strong import split_position
 
 EMA = "ema_teacher"
@@ -80,18 +80,6 @@ def validate_fields(cfg: Any) -> None:
     if not float(cfg.temperature) > 0.0:
         raise ValueError(f"pseudo_label.temperature must be > 0, got {cfg.temperature!r}.")
     check_augment(cfg.augment, "pseudo_label.augment")
-
-
-def leading_slice_count(config: Any, split: str, field: str) -> int:
-    """Length of `split`, which must be a leading slice "base[:n]" of the unsliced data.train_split."""
-    base = config.data.train_split
-    if "[" in base or not split.startswith(base + "[:"):
-        raise ValueError(
-            f"{field}={split!r} must be a leading slice of data.train_split={base!r} (e.g. "
-            f"'{base.split('[')[0]}[:10%]' with an unsliced train split): the labelled examples are the "
-            "first ones of the split."
-        )
-    return split_size(config, split)
 
 
 def ema_update(teacher: Any, target: Any, decay: float) -> Any:

@@ -71,6 +71,18 @@ def split_size(config: Any, split: str) -> int:
     return len(sources.open_source(config.data.name, split, config.data.data_dir or None))
 
 
+def leading_slice_count(config: Any, split: str, field: str) -> int:
+    """Length of `split`, which must be a leading slice "base[:n]" of the unsliced data.train_split."""
+    base = config.data.train_split
+    if "[" in base or not split.startswith(base + "[:"):
+        raise ValueError(
+            f"{field}={split!r} must be a leading slice of data.train_split={base!r} (e.g. "
+            f"'{base.split('[')[0]}[:10%]' with an unsliced train split): the labelled examples are the "
+            "first ones of the split."
+        )
+    return split_size(config, split)
+
+
 def apply_image_model(
     model: nn.Module, params: Any, model_state: Variables, images: jax.Array, *, train: bool
 ) -> tuple[jax.Array, dict[str, jax.Array], Variables]:

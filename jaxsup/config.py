@@ -10,6 +10,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every generic field with its default (experiment files start from this)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = "supervised"  # registry name (jaxsup/tasks)

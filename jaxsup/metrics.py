@@ -128,7 +128,7 @@ def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | No
     return None
 
 
-def compiled_stats(compiled) -> dict[str, float]:
+def compiled_stats(compiled: Any) -> dict[str, float]:
     """FLOPs per device and XLA temp/argument bytes of a compiled (AOT) function."""
     stats: dict[str, float] = {}
     cost = compiled.cost_analysis()

@@ -147,10 +147,12 @@ def batch_sharding(mesh: Mesh, axes: Sequence[str] = ("data",)) -> NamedSharding
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated over `mesh`."""
     return NamedSharding(mesh, P())
 
 
 def num_batch_shards(mesh: Mesh, axes: Sequence[str] = ("data",)) -> int:
+    """How many ways the batch dim is split (product of the data axes' sizes)."""
     return math.prod(mesh.shape[a] for a in data_axes(mesh, axes))
 
 

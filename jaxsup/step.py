@@ -31,6 +31,7 @@ class TrainState:
 
 
 def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
+    """Leafwise `new if pred else old` for a scalar bool `pred`."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
@@ -46,7 +47,10 @@ def split_micro_batches(batch: dict[str, jax.Array], k: int, sharding: jax.shard
     return jax.tree.map(split, batch)
 
 
-def accumulated_grads(loss_and_grad: Callable, params, task_state, batch, rng, k: int, sharding=None):
+def accumulated_grads(
+    loss_and_grad: Callable, params: Any, task_state: Any, batch: dict[str, jax.Array], rng: jax.Array, k: int,
+    sharding: jax.sharding.Sharding | None = None,
+) -> tuple[tuple[jax.Array, tuple[Any, Any]], Any]:
     """Mean loss, metrics and gradients over k micro-batches (task_state threaded through)."""
     micro = split_micro_batches(batch, k, sharding)
     first = jax.tree.map(lambda x: x[0], micro)
@@ -68,13 +72,13 @@ def accumulated_grads(loss_and_grad: Callable, params, task_state, batch, rng, k
 
 
 def make_train_step(
-    task,
+    task: Any,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     seed: int,
     grad_accum_steps: int = 1,
     micro_batch_sharding: jax.sharding.Sharding | None = None,
-):
+) -> Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """step(state, frozen, batch) -> (state, metrics); a non-finite step changes nothing."""
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}.")

@@ -23,6 +23,7 @@ Batch = dict[str, np.ndarray]
 
 
 def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
+    """This process's share of the global batch; raises if the processes do not divide it."""
     count = jax.process_count() if process_count is None else process_count
     if global_batch % count:
         raise ValueError(f"Global batch {global_batch} is not divisible by {count} processes.")

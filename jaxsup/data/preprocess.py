@@ -18,7 +18,8 @@ _OPS: dict[str, Callable[..., Callable[[Example], Example]]] = {}
 OP_MODULES: tuple[str, ...] = ("jaxsup.data.image_text",)
 
 
-def register_op(name: str):
+def register_op(name: str) -> Callable:
+    """Decorator: registers an op factory under `name` (used as "name" or "name:arg")."""
     def wrap(factory):
         _OPS[name] = factory
         return factory

@@ -15,7 +15,7 @@ caption of the same class; each reports r1_chance.
 `arg` switches (comma-separated): "runlocal" shrinks it to a smoke test;
 "ring" uses the device-ring loss (impl="ring"); "chunked" the tiled loss.
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 
 MAX_LEN = 40  # bytes + BOS + EOS of the longest template caption (< 40)
 TOKENIZER = "bytes"
@@ -61,11 +61,7 @@ def digits_clip_config(loss: str, arg=None):
     if "chunked" in args:
         c.clip.impl = "chunked"
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        for ev in c.evals.values():
-            ev.every = 10
+        shrink_for_runlocal(c)
     return c
 
 

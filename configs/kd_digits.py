@@ -16,7 +16,7 @@ over seeds; jaxsup.tasks.distill.scratch_baseline_overrides gives its settings).
 `arg` switches: "all" (the student gets all of train), "label_free"
 (alpha = 1: pure KD, labels dropped from the train batches), "runlocal" (20 steps).
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 from jaxsup.tasks import distill
 
 
@@ -42,9 +42,6 @@ def get_config(arg=None):
         c.data.preprocess = ("image_to_float", "keep:image")
         c.data.eval_preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c
 

@@ -16,7 +16,7 @@ Baseline: the same student with CE on train[:10%] alone
 """
 import os
 
-from jaxsup.config import load_config
+from jaxsup.config import load_config, shrink_for_runlocal
 
 
 def get_config(arg=None):
@@ -28,8 +28,5 @@ def get_config(arg=None):
     c.distill.temperature = 2.0
     c.batch_size = 128
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -9,7 +9,7 @@ Task "pskd" (jaxsup/tasks/pskd.py); a_t = alpha_T * epoch / epochs, with
 
 `arg` switches: "runlocal" (20 steps).
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 from jaxsup.tasks import pskd
 
 
@@ -29,8 +29,5 @@ def get_config(arg=None):
     c.checkpoint.every = 200
     c.evals = dict(test=dict(type="classification", split="test", every=200, batch_size=360))
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -14,7 +14,7 @@ fit on the train split and a cosine 20-NN classifier, both tested on "test".
 `arg` switches (comma-separated): "runlocal" shrinks it to a smoke test;
 "ring" / "chunked" pick the NT-Xent implementation.
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 
 
 def get_config(arg=None):
@@ -53,9 +53,5 @@ def get_config(arg=None):
     if "chunked" in args:
         c.simclr.impl = "chunked"
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        for ev in c.evals.values():
-            ev.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -13,7 +13,7 @@ Student: the small CNN below. scripts/simclrv2_digits.sh runs the chain.
 
 `arg` switches: "runlocal" (20 steps).
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 from jaxsup.tasks import distill
 
 
@@ -38,8 +38,5 @@ def get_config(arg=None):
     c.checkpoint.every = 300
     c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -17,7 +17,7 @@ Without --config.finetune.init_from the same model trains from random init
 """
 import os
 
-from jaxsup.config import base_config, load_config
+from jaxsup.config import base_config, load_config, shrink_for_runlocal
 from jaxsup.tasks import finetune
 
 PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "simclr_digits.py")
@@ -44,8 +44,5 @@ def get_config(arg=None):
     c.checkpoint.every = 300
     c.evals = dict(test=dict(type="classification", split="test", every=100, batch_size=360))
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -5,7 +5,7 @@
 `arg` switches: "runlocal" shrinks it to a smoke test (20 steps);
 "vit" swaps in a tiny ViT with 2x2 patches.
 """
-from jaxsup.config import base_config
+from jaxsup.config import base_config, shrink_for_runlocal
 
 
 def get_config(arg=None):
@@ -26,8 +26,5 @@ def get_config(arg=None):
         c.model = dict(patch_size=2, width=64, depth=2, mlp_dim=128, num_heads=2, num_classes=10,
                        dtype="float32", param_dtype="float32", remat=False)
     if "runlocal" in args:
-        c.total_steps = 20
-        c.log_every = 5
-        c.checkpoint.every = 10
-        c.evals.test.every = 10
+        shrink_for_runlocal(c)
     return c

@@ -90,3 +90,14 @@ def load_config(spec: str, overrides: dict | None = None) -> ml_collections.Conf
             target = getattr(target, name)
         setattr(target, leaf, value)
     return config
+
+
+def shrink_for_runlocal(config: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
+    """The `runlocal` switch of the digits configs: a smoke run of `steps` steps that
+    logs, evaluates and checkpoints along the way."""
+    config.total_steps = steps
+    config.log_every = max(steps // 4, 1)
+    config.checkpoint.every = max(steps // 2, 1)
+    for ev in config.evals.values():
+        ev.every = max(steps // 2, 1)
+    return config

@@ -2,14 +2,17 @@
 
     python benchmarks/contrastive_loss.py [--loss softmax sigmoid nt_xent]
         [--impl reference chunked pallas] [--batch 1024 4096 16384] [--dim 256]
-        [--tile 512] [--repeats 3]
+        [--tile 512] [--repeats 3] [--dtype bfloat16] [--tflops]
 
 For each loss and batch size B it compiles `jit(value_and_grad(loss))` w.r.t.
 both embeddings and the scalars for each impl, reads
 `memory_analysis().temp_size_in_bytes`, times the minimum over `--repeats`
 runs (wall clock and process CPU time; impls interleaved, after a warm-up)
 and prints ratios against "reference". Impls that cannot run on this backend
-(e.g. "pallas" on CPU) are skipped with a note.
+(e.g. "pallas" on CPU) are skipped with a note. `--tflops` also prints the
+achieved TFLOP/s of each run (model FLOPs: the three [B, B, d] matmuls of
+forward + backward, 6·n²·d with n = B, or 2B for NT-Xent; recomputation not
+counted) and its fraction of the bf16 matmul peak measured in the same run.
 """
 from __future__ import annotations
 
@@ -77,6 +80,27 @@ def time_impls(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
     return {impl: (min(w for w, _ in t), min(c for _, c in t)) for impl, t in times.items()}
 
 
+def model_flops(loss: str, batch: int, dim: int) -> float:
+    """FLOPs of S = Zi Ztᵀ, dZi = dS Zt and dZt = dSᵀ Zi for one fwd+bwd."""
+    n = 2 * batch if loss == "nt_xent" else batch
+    return 6.0 * n * n * dim
+
+
+def matmul_peak_flops(size: int = 8192, repeats: int = 5) -> float:
+    """Measured FLOP/s of a [size, size] x [size, size] bf16 matmul (f32 accumulation)."""
+    a = jnp.ones((size, size), jnp.bfloat16)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    jax.block_until_ready(f(a, a))
+    best = min(_timed(f, a, a) for _ in range(repeats))
+    return 2.0 * size**3 / best
+
+
+def _timed(f, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loss", nargs="+", default=["softmax"], choices=sorted(LOSSES))
@@ -86,7 +110,11 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=contrastive.DEFAULT_TILE)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--tflops", action="store_true", help="achieved TFLOP/s and fraction of the bf16 matmul peak")
     args = parser.parse_args()
+    peak = matmul_peak_flops(2048 if jax.default_backend() == "cpu" else 8192) if args.tflops else None
+    if peak:
+        print(f"measured bf16 matmul peak: {peak / 1e12:.2f} TFLOP/s")
     dtype = jnp.dtype(args.dtype)
     print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
           f"dim={args.dim} tile={args.tile} dtype={args.dtype} repeats={args.repeats} (min)")
@@ -109,8 +137,10 @@ def main() -> None:
                 temp = runs[impl][2]
                 ratios = (f"{wall / ref[0]:8.2f} {cpu / ref[1]:8.2f} {temp / max(ref[2], 1):8.4f}"
                           if ref else f"{'-':>8} {'-':>8} {'-':>8}")
+                achieved = model_flops(loss, batch, args.dim) / wall
+                rate = f" {achieved / 1e12:8.3f} TFLOP/s {achieved / peak:6.1%} of peak" if peak else ""
                 print(f"{loss:8} {batch:6d} {impl:10} {wall * 1e3:9.1f} {cpu * 1e3:9.1f} "
-                      f"{temp / 2**20:9.1f} {ratios}", flush=True)
+                      f"{temp / 2**20:9.1f} {ratios}{rate}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -193,6 +194,16 @@ USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, Floating
                distributed.DistributedInitError)
 
 
+def name_config_flag(message: str, argv: list[str]) -> str:
+    """'dtype' -> "unknown config key 'model.dtype' (dtype)" when a --config.* flag ends in it."""
+    key = message.split()[0].strip("'\"") if message else ""
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and (name == f"--config.{key}" or name.endswith(f".{key}")):
+            return f"unknown config key {name[len('--config.'):]!r} ({message})"
+    return message
+
+
 def run(main_fn=None) -> None:
     """app.run(main_fn or main), printing a user error (bad config, data, checkpoint) as one line."""
     try:
@@ -201,6 +212,8 @@ def run(main_fn=None) -> None:
         if os.environ.get("JAXSUP_TRACEBACK"):
             raise
         message = str(err).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        if isinstance(err, AttributeError):
+            message = name_config_flag(message, sys.argv[1:])
         raise SystemExit(f"jaxsup: error: {type(err).__name__}: {message}\n(set JAXSUP_TRACEBACK=1 for the traceback)")
 
 

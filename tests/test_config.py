@@ -38,7 +38,8 @@ def test_missing_config_file():
 
 @pytest.mark.parametrize(
     "override, expected",
-    [("--config.totl_steps=3", "totl_steps"), ("--config.batch_size=abc", "batch_size")],
+    [("--config.totl_steps=3", "totl_steps"), ("--config.batch_size=abc", "batch_size"),
+     ("--config.model.widht=3", "unknown config key 'model.widht'")],
 )
 def test_cli_rejects_bad_overrides_with_one_message(tmp_path, override, expected):
     result = run_cli("--config", CONFIG, "--workdir", str(tmp_path), override)

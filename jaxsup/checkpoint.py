@@ -17,7 +17,6 @@ import signal
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsup.sharding import path_str
@@ -280,7 +279,3 @@ def check_same_run(meta: dict[str, Any], config: Any, where: str) -> None:
             "the data order. Use a new --workdir, or restore its params with restore_subtree."
         )
 
-
-def to_numpy_tree(tree: Any) -> Any:
-    """Host copies of a pytree of arrays (fully addressable)."""
-    return jax.tree.map(np.asarray, tree)

@@ -160,11 +160,11 @@ def test_teacher_is_checkpointed_and_resumes_exactly(tmp_path):
     workdir = str(tmp_path / "run")
     teacher_path = f"task_state/{pseudo_label.EMA}/params"
     train_and_evaluate(config, workdir)
-    first = checkpoint.to_numpy_tree(checkpoint.restore_subtree(workdir, teacher_path))
-    student = checkpoint.to_numpy_tree(checkpoint.restore_subtree(workdir, "params"))
+    first = jax.tree.map(np.asarray, checkpoint.restore_subtree(workdir, teacher_path))
+    student = jax.tree.map(np.asarray, checkpoint.restore_subtree(workdir, "params"))
     shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
     train_and_evaluate(config, workdir)  # resumes at step 2
-    again = checkpoint.to_numpy_tree(checkpoint.restore_subtree(workdir, teacher_path))
+    again = jax.tree.map(np.asarray, checkpoint.restore_subtree(workdir, teacher_path))
     jax.tree.map(np.testing.assert_array_equal, first, again)
     assert not np.array_equal(first["head"]["kernel"], student["head"]["kernel"])  # a real EMA, not a copy
 

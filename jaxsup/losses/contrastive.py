@@ -78,7 +78,7 @@ def check_tile(name: str, tile: Any) -> int:
     return tile
 
 
-def _pallas_api():
+def pallas_api():
     """The Pallas contrastive API module; BackendUnavailableError if it is absent."""
     try:
         from pallas_kernels.contrastive import api
@@ -135,7 +135,7 @@ def softmax_contrastive(
     scale = jnp.exp(scalar_f32(name, log_t, "log_t"))
 
     def pallas():
-        loss = _pallas_api().softmax_contrastive_loss(zimg, ztxt, log_t)
+        loss = pallas_api().softmax_contrastive_loss(zimg, ztxt, log_t)
         a, c, s = _stopped(zimg, ztxt, scale)
         metrics = ck.softmax_metrics(a, c, s, *ck.argmax_pass(a, c, s, tile, "clip", True))
         return jnp.asarray(loss, F32), metrics
@@ -192,7 +192,7 @@ def sigmoid_contrastive(
     bias = scalar_f32(name, b, "b")
 
     def pallas():
-        loss = _pallas_api().sigmoid_contrastive_loss(zimg, ztxt, log_t, b)
+        loss = pallas_api().sigmoid_contrastive_loss(zimg, ztxt, log_t, b)
         a, c, s, bb = _stopped(zimg, ztxt, scale, bias)
         row_argmax, _ = ck.argmax_pass(a, c, s, tile, "clip", False)
         return jnp.asarray(loss, F32), ck.sigmoid_metrics(a, c, s, bb, row_argmax)
@@ -247,7 +247,7 @@ def nt_xent(
     scale = 1.0 / scalar_f32(name, tau, "tau")
 
     def pallas():
-        loss = _pallas_api().nt_xent_loss(z1, z2, tau)
+        loss = pallas_api().nt_xent_loss(z1, z2, tau)
         z, s = _stopped(ck.nt_xent_views(z1, z2), scale)
         row_argmax, _ = ck.argmax_pass(z, z, s, tile, "nt_xent", False)
         return jnp.asarray(loss, F32), ck.nt_xent_metrics(z, s, row_argmax)

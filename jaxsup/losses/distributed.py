@@ -42,7 +42,7 @@ from jaxsup.losses import contrastive_chunked as ck
 from jaxsup.losses.contrastive import (
     DEFAULT_TILE,
     Metrics,
-    _pallas_api,
+    pallas_api,
     check_embeddings,
     check_tile,
     scalar_f32,
@@ -131,7 +131,7 @@ class PallasBlocks(NamedTuple):
 
     def softmax_forward(self, a, c, scale, rows, cols, *, row_offset=0, col_offset=0,
                         exclude_diagonal=False):
-        row_lse, col_lse = _pallas_api().softmax_pair_lse(
+        row_lse, col_lse = pallas_api().softmax_pair_lse(
             a, c, jnp.log(scale), **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
         with_cols = cols is not None
         max_rows, max_cols = lse_forward(
@@ -148,13 +148,13 @@ class PallasBlocks(NamedTuple):
         if col_lse is None:  # rows only: weight g_col * exp(S - inf) = 0
             col_lse = jnp.full_like(c, jnp.inf, F32, shape=(c.shape[0],))
             g_col = jnp.zeros_like(col_lse)
-        da, dc, dlog_t = _pallas_api().softmax_pair_lse_backward(
+        da, dc, dlog_t = pallas_api().softmax_pair_lse_backward(
             a, c, jnp.log(scale), row_lse, col_lse, g_row, g_col,
             **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
         return da.astype(F32), dc.astype(F32), dlog_t / scale
 
     def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
-        row_sums = _pallas_api().sigmoid_pair_row_sums(
+        row_sums = pallas_api().sigmoid_pair_row_sums(
             a, c, jnp.log(scale), bias, **self._all_negative(a, c))
         rows, _ = lse_forward(a, c, scale, rows, None, tile=self.tile, col_offset=col_offset,
                               with_sumexp=False)
@@ -162,7 +162,7 @@ class PallasBlocks(NamedTuple):
 
     def sigmoid_backward(self, a, c, scale, bias, g):
         g_row = jnp.broadcast_to(-g, (a.shape[0],)).astype(F32)
-        da, dc, dlog_t, db = _pallas_api().sigmoid_pair_row_sums_backward(
+        da, dc, dlog_t, db = pallas_api().sigmoid_pair_row_sums_backward(
             a, c, jnp.log(scale), bias, g_row, **self._all_negative(a, c))
         return da.astype(F32), dc.astype(F32), dlog_t / scale, db
 
@@ -176,12 +176,21 @@ def ring_blocks(
     "chunked" (`dispatch.run_impl`)."""
 
     def pallas():
-        _pallas_api().kernel_config(backend, n_rows=like.shape[0], dim=like.shape[1],
+        pallas_api().kernel_config(backend, n_rows=like.shape[0], dim=like.shape[1],
                                     dtype=like.dtype)
         return PallasBlocks(tile, backend)
 
     chunked = lambda: ck.ScanBlocks(tile)
     return run_impl(name, block_impl, {"chunked": chunked, "pallas": pallas}, fallback)
+
+
+def checked_ring_blocks(
+    name: str, x_blk: jax.Array, y_blk: jax.Array, names: tuple[str, str], tile: int, block_impl: str,
+    backend: str | None, fallback: bool,
+) -> ck.ScanBlocks | PallasBlocks:
+    """Validates a ring function's per-device inputs [b, D] and tile; returns its block math."""
+    check_embeddings(name, x_blk, y_blk, *names)
+    return ring_blocks(name, block_impl, check_tile(name, tile), backend, fallback, x_blk)
 
 
 # -------------------------------------------------- per-device loss functions
@@ -215,10 +224,9 @@ def ring_softmax_contrastive(
       on every device of the axis.
     """
     name = "ring_softmax_contrastive"
-    check_embeddings(name, zimg_blk, ztxt_blk, "zimg_blk", "ztxt_blk")
-    tile = check_tile(name, tile)
+    blocks = checked_ring_blocks(name, zimg_blk, ztxt_blk, ("zimg_blk", "ztxt_blk"), tile, block_impl, backend,
+                                 fallback)
     scale = jnp.exp(scalar_f32(name, log_t, "log_t"))
-    blocks = ring_blocks(name, block_impl, tile, backend, fallback, zimg_blk)
     return ck.softmax_contrastive(zimg_blk, ztxt_blk, scale, blocks, RingSweep(axis_name))
 
 
@@ -237,11 +245,10 @@ def ring_sigmoid_contrastive(
     """SigLIP loss of the global batch, per device in shard_map (see
     `ring_softmax_contrastive`; metrics as `contrastive.sigmoid_contrastive`)."""
     name = "ring_sigmoid_contrastive"
-    check_embeddings(name, zimg_blk, ztxt_blk, "zimg_blk", "ztxt_blk")
-    tile = check_tile(name, tile)
+    blocks = checked_ring_blocks(name, zimg_blk, ztxt_blk, ("zimg_blk", "ztxt_blk"), tile, block_impl, backend,
+                                 fallback)
     scale = jnp.exp(scalar_f32(name, log_t, "log_t"))
     bias = scalar_f32(name, b, "b")
-    blocks = ring_blocks(name, block_impl, tile, backend, fallback, zimg_blk)
     return ck.sigmoid_contrastive(zimg_blk, ztxt_blk, scale, bias, blocks, RingSweep(axis_name))
 
 
@@ -263,10 +270,8 @@ def ring_nt_xent(
     primitive's column LSEs, which by symmetry repeat other devices' rows, are
     not used)."""
     name = "ring_nt_xent"
-    check_embeddings(name, z1_blk, z2_blk, "z1_blk", "z2_blk")
-    tile = check_tile(name, tile)
+    blocks = checked_ring_blocks(name, z1_blk, z2_blk, ("z1_blk", "z2_blk"), tile, block_impl, backend, fallback)
     scale = 1.0 / scalar_f32(name, tau, "tau")
-    blocks = ring_blocks(name, block_impl, tile, backend, fallback, z1_blk)
     return ck.nt_xent(z1_blk, z2_blk, scale, blocks, RingSweep(axis_name))
 
 

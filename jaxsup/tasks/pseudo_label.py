@@ -47,7 +47,6 @@ from jaxsup.tasks.base import masked_mean
 from jaxsup.tasks.distill import augment_images, check_augment
 from jaxsup.tasks.supervised import Supervised
 from jaxsup.tasks.teacher import leading_slice_count, split_size
-from jaxsup.tasks.weak_to_strong import split_position
 
 EMA = "ema_teacher"
 
@@ -141,7 +140,7 @@ class PseudoLabel(Supervised):
         cfg = self.cfg
         model_state, teacher = self.split_state(task_state)
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
-        labelled = (split_position(batch["index"], self.num_examples) < self.num_labelled).astype(jnp.float32)
+        labelled = (batch["index"] < self.num_labelled).astype(jnp.float32)
         labels = jnp.where(labelled > 0, batch["label"], 0)  # unlabelled rows never see their label
         unlabelled = 1.0 - labelled
 

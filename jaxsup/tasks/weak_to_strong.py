@@ -116,16 +116,6 @@ def check_disjoint_splits(data_cfg: Any, splits: dict[str, str]) -> None:
                 )
 
 
-def split_position(index: jax.Array, num_examples: int) -> jax.Array:
-    """Position in the split [B] of the batch's "index" [B].
-
-    The train stream's "index" counts on across epochs (epoch * N + position:
-    grain's repeat passes the global index to `map_with_index`), so it is
-    reduced modulo N here; a no-op if the pipeline already gives positions.
-    """
-    return index % num_examples
-
-
 # ------------------------------------------------------------ weak labels
 def save_weak_labels(path: str, probs: np.ndarray, index: np.ndarray, split: str, dataset: str) -> None:
     """Writes the weak labels .npz atomically (probs [N, K], index [N])."""
@@ -205,7 +195,7 @@ class WeakToStrong(Finetune):
         cfg = self.w2s
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
         logits, task_state = self._apply(params, task_state, images, train=True)
-        weak_probs = frozen[WEAK_PROBS][split_position(batch["index"], self.num_examples)]
+        weak_probs = frozen[WEAK_PROBS][batch["index"]]
         metrics = {"weak_agreement": weak_losses.hard_label_agreement(logits, weak_probs)}
         if cfg.loss == "aux":
             alpha = weak_losses.aux_alpha(step, self.config.total_steps, float(cfg.aux_coef), float(cfg.warmup_frac))

@@ -45,8 +45,9 @@ import numpy as np
 
 from jaxsup import metrics as metrics_lib, sharding
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
-from jaxsup.step import TrainState, build_step
+from jaxsup.data import pipeline, preprocess, splits
+from jaxsup.experiment import build_experiment
+from jaxsup.step import TrainState
 
 IMPLS = ("reference", "chunked", "pallas")
 
@@ -64,8 +65,8 @@ class BuiltStep:
 
 
 def build_train_step(config, mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> BuiltStep:
-    """The train step exactly as jaxsup.train builds it (jaxsup.step.build_step), AOT-compiled for `batch`."""
-    setup = build_step(config, mesh, jax.tree.map(lambda x: jnp.asarray(x[:1]), batch))
+    """The train step exactly as jaxsup.train builds it (jaxsup.experiment.build_experiment), AOT-compiled."""
+    setup = build_experiment(config, mesh, jax.tree.map(lambda x: jnp.asarray(x[:1]), batch))
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
     global_batch = pipeline.to_global(batch, sharding.batch_sharding(mesh, config.batch_axes))
     start = time.perf_counter()
@@ -76,7 +77,7 @@ def build_train_step(config, mesh: jax.sharding.Mesh, batch: dict[str, np.ndarra
 
 def tiled_batch(config, batch_size: int, unique: int = 256) -> dict[str, np.ndarray]:
     """`batch_size` rows of the config's preprocessed train data: `unique` real examples, tiled."""
-    source = sources.open_source(config.data.name, config.data.train_split, config.data.data_dir or None)
+    source = splits.open_split(config.data, config.data.train_split)
     examples = pipeline.indexed(source).map(pipeline.with_index(preprocess.build(config.data.preprocess)))
     rows = [examples[i] for i in range(min(unique, batch_size, len(examples)))]
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)

@@ -15,7 +15,7 @@ caption of the same class; each reports r1_chance.
 `arg` switches (comma-separated): "runlocal" shrinks it to a smoke test;
 "ring" uses the device-ring loss (impl="ring"); "chunked" the tiled loss.
 """
-from jaxsup.config import base_config, shrink_for_runlocal
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 
 MAX_LEN = 40  # bytes + BOS + EOS of the longest template caption (< 40)
 TOKENIZER = "bytes"
@@ -27,13 +27,10 @@ def caption_ops(templates: str, keep: str) -> tuple[str, ...]:
             f"tokenize:max_len={MAX_LEN},tokenizer={TOKENIZER}", f"keep:{keep}")
 
 
-def digits_clip_config(loss: str, arg=None):
-    """The digits image-text config shared by clip_digits.py and siglip_digits.py."""
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "clip"
-    c.clip = dict(loss=loss, impl="reference", tile=512, fallback=True, axis="data", block_impl="chunked",
-                  grad_cache_micro_batches=1)
+def get_config(arg=None):
+    args = parse_switches(arg, ("runlocal", "ring", "chunked"))
+    c = base_config("clip")
+    c.clip.loss = "softmax"
     c.model_name = "two_tower"
     c.model = dict(
         image="cnn", image_kwargs=dict(widths=(64, 128), num_classes=None),
@@ -63,7 +60,3 @@ def digits_clip_config(loss: str, arg=None):
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c
-
-
-def get_config(arg=None):
-    return digits_clip_config("softmax", arg)

@@ -15,40 +15,24 @@ Tokenizer: bytes (max_len 96) by default, or a local SentencePiece model
 offline digits CLIP config (configs/clip_digits.py:runlocal) so it runs on a
 laptop without any dataset.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_digits import digits_clip_config  # noqa: E402
-
-from jaxsup.config import base_config  # noqa: E402
+from jaxsup.config import base_config, derive, parse_switches
 
 
-def parse_args(arg):
-    """"a,b=c" -> ({"a"}, {"b": "c"})."""
-    items = [a for a in (arg or "").split(",") if a]
-    return {a for a in items if "=" not in a}, dict(a.split("=", 1) for a in items if "=" in a)
-
-
-def image_text_config(loss: str, arg=None):
-    """Real-scale two-tower ViT-B/16 config shared by clip_vit_b16.py and siglip_vit_b16.py."""
-    flags, kv = parse_args(arg)
-    if "runlocal" in flags:
-        return digits_clip_config(loss, "runlocal")
-    if "spm" in kv:
-        from jaxsup.data.tokenizer import get_tokenizer
-
-        tokenizer, max_len = kv["spm"], 64
-        vocab_size = get_tokenizer(tokenizer).vocab_size  # fails here, naming the file, if it is missing
+def get_config(arg=None):
+    args = parse_switches(arg, ("runlocal",), valued=("spm",))
+    if "runlocal" in args:
+        return derive(__file__, "clip_digits.py", "runlocal")
+    if "spm" in args:  # vocab_size 0: the clip task reads it from the SentencePiece model
+        tokenizer, max_len, vocab_size = args["spm"], 64, 0
     else:
         tokenizer, max_len, vocab_size = "bytes", 96, 259
     tokenize = f"tokenize:max_len={max_len},tokenizer={tokenizer}"
 
-    c = base_config()
-    c.task = "clip"
+    c = base_config("clip")
     # Ring over the data axis; on GPU/TPU set block_impl="pallas" for the fused per-device blocks.
-    c.clip = dict(loss=loss, impl="ring", tile=512, fallback=True, axis="data", block_impl="chunked",
-                  grad_cache_micro_batches=1)
+    c.clip.loss = "softmax"
+    c.clip.impl = "ring"
+    c.clip.tokenizer = "" if tokenizer == "bytes" else tokenizer
     c.model_name = "two_tower"
     c.model = dict(
         image="vit", image_kwargs=dict(variant="B/16", num_classes=None),
@@ -72,7 +56,7 @@ def image_text_config(loss: str, arg=None):
     c.optim.warmup_steps = 500
     c.optim.weight_decay = 0.1
     c.mesh = (("data", -1), ("model", 1))
-    c.partition_rules = ((r"kernel|embedding", "fsdp"), (".*", "replicate"))
+    c.partition_rules = ("fsdp",)  # every kernel / embedding table split over "data" (jaxsup/sharding_rules.py)
     c.log_every = 50
     c.checkpoint.every = 1000
     c.evals = dict(
@@ -84,7 +68,3 @@ def image_text_config(loss: str, arg=None):
         ),
     )
     return c
-
-
-def get_config(arg=None):
-    return image_text_config("softmax", arg)

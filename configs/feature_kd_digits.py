@@ -12,12 +12,10 @@ replace the labels.
 
 `arg` switches: as configs/kd_digits.py.
 """
-import os
-
-from jaxsup.config import load_config
+from jaxsup.config import derive
 
 
 def get_config(arg=None):
-    c = load_config(os.path.join(os.path.dirname(__file__), "kd_digits.py") + (f":{arg}" if arg else ""))
+    c = derive(__file__, "kd_digits.py", arg)
     c.distill.nd_lambda = 1.0
     return c

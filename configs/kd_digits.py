@@ -11,22 +11,21 @@ images) with loss alpha * T^2 KL(teacher || student) + (1 - alpha) * CE at
 T = 2, alpha = 0.9 (task "distill", jaxsup/tasks/distill.py). The teacher's
 model is read from its run's config.json. Baseline: the same student trained
 with CE on the same 72 labelled images (scripts/kd_digits_seeds.py runs both
-over seeds; jaxsup.tasks.distill.scratch_baseline_overrides gives its settings).
+over seeds; its `scratch_baseline_overrides` gives the baseline's settings).
 
 `arg` switches: "all" (the student gets all of train), "label_free"
 (alpha = 1: pure KD, labels dropped from the train batches), "runlocal" (20 steps).
 """
-from jaxsup.config import base_config, shrink_for_runlocal
-from jaxsup.tasks import distill
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+
+SWITCHES = ("all", "label_free", "runlocal")
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "distill"
+    args = parse_switches(arg, SWITCHES)
+    c = base_config("distill")
     c.model_name = "mlp"
     c.model = dict(widths=(64,), num_classes=10)
-    c.distill = distill.default_config()
     c.distill.temperature = 2.0
     c.distill.alpha = 0.9
     c.data.train_split = "train" if "all" in args else "train[:5%]"
@@ -44,4 +43,3 @@ def get_config(arg=None):
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c
-

@@ -10,18 +10,16 @@ Protocol (labels are used only on train[:10%], 144 examples):
        python -m jaxsup.train --config configs/kd_label_fraction_digits.py --workdir /tmp/jaxsup/kd10 \
            --config.distill.teacher.path=/tmp/jaxsup/teacher10
 Baseline: the same student with CE on train[:10%] alone
-(jaxsup.tasks.distill.scratch_baseline_overrides; scripts/kd_digits_seeds.py runs all three).
+(scripts/kd_digits_seeds.py runs all three).
 
 `arg` switches: "1pct" (train[:1%]), "runlocal" (20 steps).
 """
-import os
-
-from jaxsup.config import load_config, shrink_for_runlocal
+from jaxsup.config import derive, parse_switches, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = load_config(os.path.join(os.path.dirname(__file__), "kd_digits.py"))
+    args = parse_switches(arg, ("1pct", "runlocal"))
+    c = derive(__file__, "kd_digits.py")
     c.data.train_split = "train"
     c.distill.labelled_split = "train[:1%]" if "1pct" in args else "train[:10%]"
     c.distill.alpha = 0.5

@@ -29,17 +29,14 @@ unlabelled rows by the end, but they are the examples the student already
 gets right. With stronger student views (augment=simclr, crop_scale
 (0.4, 1), 800 steps): labels only 92.3 ± 0.9, pseudo-labels 92.5 ± 0.2.
 """
-from jaxsup.config import base_config
-from jaxsup.tasks import pseudo_label
+from jaxsup.config import base_config, parse_switches
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "pseudo_label"
+    args = parse_switches(arg, ("labels_only", "future", "runlocal"))
+    c = base_config("pseudo_label")
     c.model_name = "cnn"
     c.model = dict(widths=(16, 32), num_classes=10)
-    c.pseudo_label = pseudo_label.default_config()
     c.pseudo_label.labelled_split = "train[:10%]"
     c.pseudo_label.threshold = 0.8
     c.pseudo_label.unlabelled_weight = 1.0

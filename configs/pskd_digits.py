@@ -9,25 +9,14 @@ Task "pskd" (jaxsup/tasks/pskd.py); a_t = alpha_T * epoch / epochs, with
 
 `arg` switches: "runlocal" (20 steps).
 """
-from jaxsup.config import base_config, shrink_for_runlocal
-from jaxsup.tasks import pskd
+from jaxsup.config import derive, parse_switches, set_task, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "pskd"
-    c.model_name = "cnn"
+    args = parse_switches(arg, ("runlocal",))
+    c = set_task(derive(__file__, "supervised_digits.py"), "pskd")  # its CNN, schedule and evals
     c.model = dict(widths=(32, 64), num_classes=10)
-    c.pskd = pskd.default_config()
     c.pskd.alpha_T = 0.8
-    c.batch_size = 128
-    c.total_steps = 600
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.log_every = 50
-    c.checkpoint.every = 200
-    c.evals = dict(test=dict(type="classification", split="test", every=200, batch_size=360))
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c

@@ -6,12 +6,10 @@ Same data, model and evaluators as configs/clip_digits.py (see there), with
 config.clip.loss = "sigmoid" (learnable temperature init log 10, bias init -10).
 `arg` switches as clip_digits.py: "runlocal", "ring", "chunked".
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_digits import digits_clip_config  # noqa: E402
+from jaxsup.config import derive
 
 
 def get_config(arg=None):
-    return digits_clip_config("sigmoid", arg)
+    c = derive(__file__, "clip_digits.py", arg)
+    c.clip.loss = "sigmoid"
+    return c

@@ -7,12 +7,10 @@ config.clip.loss = "sigmoid", the SigLIP ring over mesh axis "data".
 "runlocal" switches to the offline digits SigLIP config
 (configs/siglip_digits.py:runlocal) so it runs on a laptop without any dataset.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_vit_b16 import image_text_config  # noqa: E402
+from jaxsup.config import derive
 
 
 def get_config(arg=None):
-    return image_text_config("sigmoid", arg)
+    c = derive(__file__, "clip_vit_b16.py", arg)
+    c.clip.loss = "sigmoid"
+    return c

@@ -14,23 +14,20 @@ fit on the train split and a cosine 20-NN classifier, both tested on "test".
 `arg` switches (comma-separated): "runlocal" shrinks it to a smoke test;
 "ring" / "chunked" pick the NT-Xent implementation.
 """
-from jaxsup.config import base_config, shrink_for_runlocal
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "simclr"
+    args = parse_switches(arg, ("runlocal", "ring", "chunked"))
+    c = base_config("simclr")
     # A small ResNet-18 (channels 16..128, 3x3 stem, no max-pool). zero_init_residual=False so that
     # the random-init baseline is a genuinely random net (with zero-init residual branches the
     # 1x1 stride-2 projections alone carry the signal at init and the probe is at ~21 %).
     c.model_name = "resnet"
     c.model = dict(depth=18, width=0.25, small_input=True, zero_init_residual=False, num_classes=None)
-    c.simclr = dict(
-        tau=0.2, impl="reference", tile=512, fallback=True, axis="data",
-        augment=dict(crop_scale=(0.3, 1.0), flip=False, jitter_strength=0.5, blur_prob=0.0),
-        head=dict(num_layers=2, hidden_dim=128, output_dim=64, use_bn=True),
-    )
+    c.simclr.tau = 0.2
+    c.simclr.augment = dict(crop_scale=(0.3, 1.0), flip=False, jitter_strength=0.5, blur_prob=0.0)
+    c.simclr.head = dict(num_layers=2, hidden_dim=128, output_dim=64, use_bn=True)
     c.data.preprocess = ("image_to_float", "keep:image")
     c.data.eval_preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.batch_size = 256

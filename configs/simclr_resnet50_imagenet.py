@@ -17,30 +17,22 @@ probe (L-BFGS logistic regression) and 20-NN, both fit on 10% of train
 `arg` switches: "runlocal" switches to the offline digits SimCLR config
 (configs/simclr_digits.py:runlocal) so it runs on a laptop without ImageNet.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import simclr_digits  # noqa: E402
-
-from jaxsup.config import base_config  # noqa: E402
+from jaxsup.config import base_config, derive, parse_switches
 
 IMAGENET_TRAIN = 1_281_167
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
+    args = parse_switches(arg, ("runlocal",))
     if "runlocal" in args:
-        return simclr_digits.get_config("runlocal")
-    c = base_config()
-    c.task = "simclr"
+        return derive(__file__, "simclr_digits.py", "runlocal")
+    c = base_config("simclr")
     c.model_name = "resnet"
     c.model = dict(depth=50, num_classes=None, norm="batch")
-    c.simclr = dict(
-        tau=0.1, impl="ring", tile=512, fallback=True, axis="data",
-        augment=dict(crop_scale=(0.08, 1.0), flip=True, jitter_strength=1.0, blur_prob=0.5),
-        head=dict(num_layers=3, hidden_dim=2048, output_dim=128, use_bn=True),
-    )
+    c.simclr.tau = 0.1
+    c.simclr.impl = "ring"
+    c.simclr.augment = dict(crop_scale=(0.08, 1.0), flip=True, jitter_strength=1.0, blur_prob=0.5)
+    c.simclr.head = dict(num_layers=3, hidden_dim=2048, output_dim=128, use_bn=True)
     c.data.name = "imagenet2012"
     c.data.preprocess = ("resize:224", "image_to_float", "keep:image")
     c.data.eval_preprocess = ("resize:224", "image_to_float", "label_to_int32", "keep:image,label")
@@ -54,7 +46,7 @@ def get_config(arg=None):
     c.optim.warmup_steps = 10 * steps_per_epoch
     c.optim.clip_norm = 0.0
     c.mesh = (("data", -1), ("model", 1))
-    c.partition_rules = ((r"kernel", "fsdp"), (".*", "replicate"))
+    c.partition_rules = ("fsdp",)  # every kernel split over "data" (jaxsup/sharding_rules.py)
     c.log_every = 100
     c.checkpoint.every = 2000
     probe = dict(split="validation", train_split="train[:10%]", every=10 * steps_per_epoch, batch_size=1024)

@@ -13,30 +13,20 @@ Student: the small CNN below. scripts/simclrv2_digits.sh runs the chain.
 
 `arg` switches: "runlocal" (20 steps).
 """
-from jaxsup.config import base_config, shrink_for_runlocal
-from jaxsup.tasks import distill
+from jaxsup.config import derive, parse_switches, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "distill"
+    args = parse_switches(arg, ("runlocal",))
+    c = derive(__file__, "kd_digits.py", "label_free")  # distill, alpha = 1, images-only batches
     c.model_name = "cnn"
     c.model = dict(widths=(16, 32), num_classes=10)
-    c.distill = distill.default_config()
     c.distill.kind = "soft_ce"
     c.distill.temperature = 1.0
-    c.distill.alpha = 1.0
     c.data.train_split = "train"
-    c.data.preprocess = ("image_to_float", "keep:image")
-    c.data.eval_preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.batch_size = 128
-    c.total_steps = 600
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.log_every = 50
     c.checkpoint.every = 300
-    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    c.evals.test.every = 300
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c

@@ -15,22 +15,15 @@ Without --config.finetune.init_from the same model trains from random init
 
 `arg` switches: "1pct" (train[:1%], 14 labels), "runlocal" (20 steps).
 """
-import os
-
-from jaxsup.config import base_config, load_config, shrink_for_runlocal
-from jaxsup.tasks import finetune
-
-PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "simclr_digits.py")
+from jaxsup.config import base_config, derive, parse_switches, shrink_for_runlocal
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "finetune"
-    pretrain = load_config(PRETRAIN_CONFIG)  # the encoder must be the pretrained one
+    args = parse_switches(arg, ("1pct", "runlocal"))
+    c = base_config("finetune")
+    pretrain = derive(__file__, "simclr_digits.py")  # the encoder must be the pretrained one
     c.model_name = pretrain.model_name
     c.model = dict(pretrain.model.to_dict(), num_classes=10)
-    c.finetune = finetune.default_config()
     c.finetune.init_subtree = "params/encoder"
     c.finetune.init_state_subtree = "task_state/encoder"
     c.finetune.augment = "crop"

@@ -5,13 +5,14 @@
 `arg` switches: "runlocal" shrinks it to a smoke test (20 steps);
 "vit" swaps in a tiny ViT with 2x2 patches.
 """
-from jaxsup.config import base_config, shrink_for_runlocal
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+
+SWITCHES = ("runlocal", "vit")
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
-    c = base_config()
-    c.task = "supervised"
+    args = parse_switches(arg, SWITCHES)
+    c = base_config("supervised")
     c.model_name = "cnn"
     c.model = dict(widths=(32, 64), num_classes=10, dtype="float32", param_dtype="float32")
     c.batch_size = 128

@@ -28,10 +28,7 @@ cores): weak 69.6 ± 2.3 (its labels on B: 67.2 ± 4.1); student with soft CE
 71.2 ± 3.5 (PGR 0.06 ± 0.05); student with the aux confidence loss
 78.7 ± 4.8 (PGR 0.33 ± 0.11); ceiling 97.6 ± 0.3.
 """
-import ml_collections
-
-from jaxsup.config import base_config
-from jaxsup.tasks import finetune, weak_to_strong
+from jaxsup.config import ConfigDict, ConfigError, base_config, parse_switches
 
 STAGES = ("weak", "ceiling", "student", "student_aux")
 WEAK_MODEL = ("mlp", dict(widths=(8,), num_classes=10))
@@ -40,11 +37,9 @@ NO_LABELS = ("image_to_float", "keep:image")
 WITH_LABELS = ("image_to_float", "label_to_int32", "keep:image,label")
 
 
-def stage_config(stage: str, runlocal: bool = False) -> ml_collections.ConfigDict:
+def stage_config(stage: str, runlocal: bool = False) -> ConfigDict:
     """The train config of one pipeline stage (splits and paths are set by the driver)."""
-    if stage not in STAGES:
-        raise ValueError(f"Unknown w2s stage {stage!r}; expected one of {STAGES}.")
-    c = base_config()
+    c = base_config({"weak": "supervised", "ceiling": "finetune"}.get(stage, "weak_to_strong"))
     c.batch_size = 64
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20
@@ -54,7 +49,6 @@ def stage_config(stage: str, runlocal: bool = False) -> ml_collections.ConfigDic
     c.evals = dict(test=dict(type="classification", split="test", every=0, batch_size=360))
     c.data.train_split = "train[50%:]"
     if stage == "weak":
-        c.task = "supervised"
         c.model_name, c.model = WEAK_MODEL[0], dict(WEAK_MODEL[1])
         c.data.train_split = "train[:50%]"
         c.total_steps = 60  # deliberately short: ~70 % test accuracy
@@ -62,13 +56,7 @@ def stage_config(stage: str, runlocal: bool = False) -> ml_collections.ConfigDic
     else:
         c.model_name, c.model = STRONG_MODEL[0], dict(STRONG_MODEL[1])
         c.total_steps = 300
-        c.finetune = finetune.default_config()
-        c.finetune.init_from = ""
-    if stage == "ceiling":
-        c.task = "finetune"
     if stage in ("student", "student_aux"):
-        c.task = "weak_to_strong"
-        c.w2s = weak_to_strong.default_config()
         c.w2s.weak_split = "train[:50%]"
         c.w2s.loss = "aux" if stage == "student_aux" else "soft_ce"
         c.w2s.aux_coef = 0.5
@@ -85,14 +73,14 @@ def stage_config(stage: str, runlocal: bool = False) -> ml_collections.ConfigDic
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
+    args = parse_switches(arg, ("runlocal", *STAGES))
     runlocal = "runlocal" in args
-    stages = sorted(args & set(STAGES))
+    stages = sorted(set(args) & set(STAGES))
     if len(stages) > 1:
-        raise ValueError(f"Give at most one stage in the config arg, got {stages}.")
+        raise ConfigError(f"Give at most one stage in the config arg, got {stages}.")
     if stages:
         return stage_config(stages[0], runlocal)
-    c = ml_collections.ConfigDict()
+    c = ConfigDict()
     c.seeds = (0,) if runlocal else (0, 1, 2)
     c.splits = dict(weak="train[:50%]", strong="train[50%:]", test="test")
     c.strong_init = dict(path="", subtree="params/encoder", state_subtree="task_state/encoder", skip=("head",))

@@ -19,13 +19,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxsup.errors import CheckpointError
 from jaxsup.sharding import path_str
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not match what restores it."""
 
 
 def check_path(path: str) -> None:
@@ -39,6 +36,16 @@ def checkpoint_dir(workdir_or_path: str) -> str:
     """`<workdir>/checkpoints` if it exists there, else the path itself."""
     sub = os.path.join(workdir_or_path, CHECKPOINT_DIR)
     return sub if os.path.isdir(sub) else workdir_or_path
+
+
+def read_run_config(path: str) -> dict[str, Any] | None:
+    """The config.json a run wrote (path: its workdir or its checkpoints dir), None if absent."""
+    for candidate in (os.path.join(path, "config.json"),
+                      os.path.join(os.path.dirname(os.path.normpath(path)), "config.json")):
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return json.load(f)
+    return None
 
 
 def abstract_tree(tree: Any, shardings: Any | None = None) -> Any:
@@ -221,7 +228,7 @@ def restore_subtree(
         arrays land on `sharding` (default: replicated on the first device).
       step: default latest.
     """
-    directory = checkpoint_dir(path)
+    directory = os.path.abspath(checkpoint_dir(path))
     check_path(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"Checkpoint path {path!r} does not exist.")

@@ -1,23 +1,109 @@
-"""Fields every experiment config has, with their defaults.
+"""The common module of experiment configs: generic fields, task sections, switches.
 
-Experiment files in configs/ start from `base_config()` and set what differs;
-`--config.key=value` overrides any field, and a misspelt key is an error
-(configs are locked by the entry point).
+Every `configs/*.py` imports only `ml_collections` and this module (no JAX,
+no task modules), and has `get_config(arg=None)`:
+
+  - `base_config(task)` gives every generic field with its default plus the
+    sections the task reads (`TASK_SECTIONS`), each with its defaults. This is
+    the one place a task declares its config fields.
+  - `derive(__file__, "other.py", arg)` loads a sibling config to build on
+    (the one way to derive one config from another); `set_task(c, task)`
+    switches a derived config to another task, adding that task's sections.
+  - `parse_switches(arg, known)` reads "a,b,key=value" switches; a misspelt
+    switch is a ConfigError listing the known ones.
+
+`--config.key=value` overrides any field; a misspelt key is an error (configs
+are locked by the entry point and by `load_config`).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from typing import Any, Sequence
+
 import ml_collections
 
+from jaxsup.errors import ConfigError
 
-def base_config() -> ml_collections.ConfigDict:
-    """Every generic field with its default (experiment files start from this)."""
-    c = ml_collections.ConfigDict()
+ConfigDict = ml_collections.ConfigDict
+CONTRASTIVE_TILE = 512  # column tile of the chunked / ring contrastive losses
+
+
+def teacher_spec(path: str = "", **fields: Any) -> ConfigDict:
+    """A frozen model restored from another run (e.g. config.distill.teacher).
+
+    path            that run's workdir, or its `checkpoints` dir
+    params_subtree  where its params live ("params"; "params/student" for a distill run)
+    state_subtree   where its other collections (BatchNorm stats) live ("task_state";
+                    "task_state/student" for a distill run); collection c is read from
+                    f"{state_subtree}/{c}"
+    step            -1: the latest
+    model_name, model  registry name + kwargs; "" reads both from the run's config.json
+    partition_rules ((regex, tactic), ...) for its own sharding; () -> config.partition_rules
+    """
+    spec = ConfigDict(dict(path=path, params_subtree="params", state_subtree="task_state", step=-1,
+                           model_name="", model=ConfigDict(), partition_rules=()))
+    spec.update(fields)
+    return spec
+
+
+def _augment_fields(augment: str = "none", crop_scale: tuple[float, float] = (0.5, 1.0)) -> dict[str, Any]:
+    """Device augmentation of the train images: "none" | "crop" | "simclr", crop scale range."""
+    return dict(augment=augment, crop_scale=crop_scale)
+
+
+def _contrastive_fields(impl: str = "reference") -> dict[str, Any]:
+    """Which contrastive loss implementation runs (jaxsup.losses.contrastive)."""
+    return dict(impl=impl, tile=CONTRASTIVE_TILE, fallback=True, axis="data")
+
+
+def _sections() -> dict[str, dict[str, Any]]:
+    """Every task section with its defaults (fields documented in the task modules)."""
+    return {
+        "clip": dict(loss="softmax", block_impl="chunked", grad_cache_micro_batches=1, tokenizer="",
+                     **_contrastive_fields()),
+        "simclr": dict(tau=0.1, augment={}, head={}, **_contrastive_fields()),
+        "distill": dict(teacher=teacher_spec(), kind="kl", beta=0.5, temperature=4.0, alpha=0.9,
+                        labelled_split="", nd_lambda=0.0, **_augment_fields()),
+        "finetune": dict(init_from="", init_subtree="params/encoder", init_state_subtree="task_state/encoder",
+                         init_step=-1, init_skip=("head",), **_augment_fields()),
+        "pskd": dict(alpha_T=0.8, **_augment_fields()),
+        "pseudo_label": dict(labelled_split="train[:10%]", threshold=0.9, unlabelled_weight=1.0, rampup_frac=0.2,
+                             ema_decay=0.99, temperature=1.0, future_lr=0.0, **_augment_fields("crop", (0.6, 1.0))),
+        "w2s": dict(weak_labels="", weak_split="", loss="aux", aux_coef=0.5, warmup_frac=0.2, **_augment_fields()),
+    }
+
+
+# task -> the config sections it reads.
+TASK_SECTIONS: dict[str, tuple[str, ...]] = {
+    "supervised": (),
+    "clip": ("clip",),
+    "simclr": ("simclr",),
+    "distill": ("distill",),
+    "finetune": ("finetune",),
+    "pskd": ("pskd",),
+    "pseudo_label": ("pseudo_label",),
+    "weak_to_strong": ("finetune", "w2s"),
+}
+
+
+def section(name: str) -> ConfigDict:
+    """A fresh copy of one task section with its defaults."""
+    sections = _sections()
+    if name not in sections:
+        raise ConfigError(f"Unknown config section {name!r}; known: {sorted(sections)}.")
+    return ConfigDict(sections[name])
+
+
+def base_config(task: str = "supervised") -> ConfigDict:
+    """Every generic field with its default, plus the sections `task` reads."""
+    c = ConfigDict()
     c.seed = 0
-    c.task = "supervised"  # registry name (jaxsup/tasks)
+    c.task = task  # registry name (jaxsup/tasks)
     c.model_name = "cnn"  # registry name (jaxsup/models)
-    c.model = ml_collections.ConfigDict()  # kwargs of the model
+    c.model = ConfigDict()  # kwargs of the model
 
-    c.data = ml_collections.ConfigDict()
+    c.data = ConfigDict()
     c.data.name = "digits"  # a local registered dataset or a TFDS name
     c.data.data_dir = ""  # TFDS root; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.train_split = "train"
@@ -28,73 +114,126 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global, over all processes and devices
     c.total_steps = 1000
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"  # adamw | sgd | lars
-    c.optim.lr = 1e-3
-    c.optim.schedule = "cosine"  # cosine | constant
-    c.optim.warmup_steps = 100
-    c.optim.end_lr_factor = 0.0
-    c.optim.weight_decay = 1e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.momentum = 0.9
-    c.optim.nesterov = False
-    c.optim.clip_norm = 1.0  # 0 disables global-norm clipping
-    c.optim.lars_trust_coefficient = 0.001
+    c.optim = ConfigDict(dict(
+        name="adamw",  # adamw | sgd | lars
+        lr=1e-3, schedule="cosine",  # cosine | constant
+        warmup_steps=100, end_lr_factor=0.0, weight_decay=1e-4, b1=0.9, b2=0.999,
+        momentum=0.9, nesterov=False,
+        clip_norm=1.0,  # 0 disables global-norm clipping
+        lars_trust_coefficient=0.001,
+    ))
 
     # Mesh axes: -1 takes the remaining devices.
     c.mesh = (("data", -1), ("model", 1))
     c.batch_axes = ("data",)
-    # (regex on "params/..."/"opt_state/..." paths, tactic); unmatched -> replicated.
+    # ((regex on "params/..."/"opt_state/..." paths, tactic), ...); unmatched -> replicated;
+    # preset names expand in place: ("fsdp",), ("fsdp_tp",), ("data_parallel",) (jaxsup/sharding_rules.py).
     c.partition_rules = ((".*", "replicate"),)
 
     c.log_every = 50
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 500
-    c.checkpoint.keep = 2
-    c.checkpoint.async_save = True
+    c.checkpoint = ConfigDict(dict(every=500, keep=2, async_save=True))
 
     # name -> ConfigDict(type=<registered evaluator>, split, every, batch_size, ...)
-    c.evals = ml_collections.ConfigDict()
-    c.nan_policy = "stop"
+    c.evals = ConfigDict()
+    c.nan_policy = "stop"  # stop: raise naming the metrics | skip: drop the update, count it
 
     # Scale and performance.
     c.grad_accum_steps = 1  # micro-batches per step (must divide the per-device batch)
     c.profile_steps = ()  # e.g. (10, 12): jax.profiler trace of steps 10..12 into workdir/profile
-    c.peak_flops_per_device = 0.0  # for MFU; 0 -> table in jaxsup/metrics.py (none on CPU)  # stop: raise naming the metrics | skip: drop the update, count it
-    return c
+    c.peak_flops_per_device = 0.0  # for MFU; 0 -> table in jaxsup/metrics.py (none on CPU)
+    return set_task(c, task)
 
 
-def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """Loads "configs/x.py[:arg]" like the command line does, applies overrides, locks it.
+def set_task(config: ConfigDict, task: str) -> ConfigDict:
+    """Sets config.task and adds the sections that task reads (with defaults) if missing."""
+    if task not in TASK_SECTIONS:
+        raise ConfigError(f"Unknown task {task!r}; known: {sorted(TASK_SECTIONS)}.")
+    config.task = task
+    for name in TASK_SECTIONS[task]:
+        if name not in config:
+            config[name] = section(name)
+    return config
+
+
+def parse_switches(arg: str | None, known: Sequence[str], valued: Sequence[str] = ()) -> dict[str, Any]:
+    """"a,b,key=value" -> {"a": True, "b": True, "key": "value"}.
 
     Args:
-      spec: path to a config file, optionally followed by ":arg".
-      overrides: {"optim.lr": 0.1, ...}; a key the config lacks raises.
+      known: switches without a value; valued: switches written key=value.
+    Raises ConfigError naming a switch that is not known, listing the known ones.
     """
-    import importlib.util
-    import os
+    out: dict[str, Any] = {}
+    for item in (arg or "").split(","):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if (eq and key not in valued) or (not eq and key not in known):
+            listed = [*known, *(f"{v}=..." for v in valued)]
+            raise ConfigError(f"Unknown config switch {item!r}; known switches: {listed}.")
+        out[key] = value if eq else True
+    return out
 
-    path, _, arg = spec.partition(":")
+
+def _load(path: str, arg: str | None) -> ConfigDict:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file {path!r} does not exist.")
+        raise ConfigError(f"Config file {path!r} does not exist.")
     module_spec = importlib.util.spec_from_file_location(f"jaxsup_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    config.lock()
-    for key, value in (overrides or {}).items():
+    return module.get_config(arg or None)
+
+
+def derive(here: str, sibling: str, arg: str | None = None) -> ConfigDict:
+    """The config `sibling` (a file next to `here`, usually __file__) with `arg`, to build on."""
+    return _load(os.path.join(os.path.dirname(os.path.abspath(here)), sibling), arg)
+
+
+def apply_overrides(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
+    """Sets dotted keys ({"optim.lr": 0.1}); a key the config lacks is a ConfigError naming it."""
+    for key, value in overrides.items():
+        if not has_key(config, key):
+            raise ConfigError(f"unknown config key {key!r}: {closest_keys(config, key)}")
         *parents, leaf = key.split(".")
         target = config
         for name in parents:
-            target = getattr(target, name)
+            target = target[name]
         setattr(target, leaf, value)
     return config
 
 
-def shrink_for_runlocal(config: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
-    """The `runlocal` switch of the digits configs: a smoke run of `steps` steps that
-    logs, evaluates and checkpoints along the way."""
+def has_key(config: ConfigDict, key: str) -> bool:
+    """True if the dotted key ("optim.lr") names a field of the config."""
+    node: Any = config
+    for name in key.split("."):
+        if not isinstance(node, ConfigDict) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+def closest_keys(config: ConfigDict, key: str) -> str:
+    """A hint for an unknown dotted key: the fields of its deepest existing parent."""
+    node: Any = config
+    path: list[str] = []
+    for name in key.split(".")[:-1]:
+        if not isinstance(node, ConfigDict) or name not in node:
+            break
+        node, path = node[name], [*path, name]
+    where = "config." + ".".join(path) if path else "the config"
+    fields = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+    return f"{where} has fields {fields}"
+
+
+def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDict:
+    """Loads "configs/x.py[:arg]" like the command line does, locks it, applies overrides."""
+    path, _, arg = spec.partition(":")
+    config = _load(path, arg)
+    config.lock()
+    return apply_overrides(config, overrides or {})
+
+
+def shrink_for_runlocal(config: ConfigDict, steps: int = 20) -> ConfigDict:
+    """The `runlocal` switch: a smoke run of `steps` steps that logs, evaluates and checkpoints."""
     config.total_steps = steps
     config.log_every = max(steps // 4, 1)
     config.checkpoint.every = max(steps // 2, 1)

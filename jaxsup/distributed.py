@@ -20,12 +20,14 @@ import time
 import jax
 import numpy as np
 
+from jaxsup.errors import LaunchError
+
 log = logging.getLogger("jaxsup")
 
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAXSUP_COORDINATOR_ADDRESS", "JAXSUP_NUM_PROCESSES", "JAXSUP_PROCESS_ID"
 
 
-class DistributedInitError(RuntimeError):
+class DistributedInitError(LaunchError):
     """This process could not join the multi-process run."""
 
 
@@ -72,12 +74,12 @@ def initialize(
     index = process_id if process_id is not None else _env_int(ENV_ID)
     if count is not None and count > 1:
         if not address or index is None:
-            raise ValueError(
+            raise LaunchError(
                 f"A {count}-process run needs a coordinator address and a process id "
                 f"(--coordinator_address/--process_id or {ENV_ADDRESS}/{ENV_ID})."
             )
         if not 0 <= index < count:
-            raise ValueError(f"process_id {index} is outside [0, {count}).")
+            raise LaunchError(f"process_id {index} is outside [0, {count}).")
         kwargs = dict(coordinator_address=address, num_processes=count, process_id=index)
         if index != 0:
             wait_for_coordinator(address, timeout_s)

@@ -13,6 +13,7 @@ import jax
 import optax
 
 from jaxsup.sharding import path_str
+from jaxsup.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd", "lars")
 SCHEDULES = ("cosine", "constant")
@@ -31,7 +32,7 @@ def decay_mask(params: Any) -> Any:
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0, then cosine decay to lr*end_lr_factor (or constant)."""
     if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"Unknown config.optim.schedule {cfg.schedule!r}; expected one of {SCHEDULES}.")
+        raise ConfigError(f"Unknown config.optim.schedule {cfg.schedule!r}; expected one of {SCHEDULES}.")
     warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
     if cfg.schedule == "constant":
         return optax.join_schedules(
@@ -49,7 +50,7 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
 def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optimizer, lr schedule) for config.optim."""
     if cfg.name not in OPTIMIZERS:
-        raise ValueError(f"Unknown config.optim.name {cfg.name!r}; expected one of {OPTIMIZERS}.")
+        raise ConfigError(f"Unknown config.optim.name {cfg.name!r}; expected one of {OPTIMIZERS}.")
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)

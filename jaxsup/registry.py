@@ -1,4 +1,4 @@
-"""String -> object registries for models, tasks, evaluators and datasets.
+"""The one string -> object registry: models, tasks, evaluators, datasets, preprocess ops.
 
 Modules register themselves with a decorator; configs name them by string:
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-KINDS = ("model", "task", "evaluator", "dataset")
+from jaxsup.errors import ConfigError
+
+KINDS = ("model", "task", "evaluator", "dataset", "preprocess")
 
 # kind -> the packages whose import registers that kind's entries.
 _PACKAGES = {
@@ -23,6 +25,8 @@ _PACKAGES = {
     "task": ("jaxsup.tasks",),
     "evaluator": ("jaxsup.evaluators",),
     "dataset": ("jaxsup.data",),
+    # Preprocess ops are factories: registry.get("preprocess", "resize")(arg) -> op(example).
+    "preprocess": ("jaxsup.data.preprocess", "jaxsup.data.image_text"),
 }
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
@@ -30,7 +34,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 
 def _check_kind(kind: str) -> None:
     if kind not in _REGISTRY:
-        raise ValueError(f"Unknown registry kind {kind!r}; expected one of {KINDS}.")
+        raise ConfigError(f"Unknown registry kind {kind!r}; expected one of {KINDS}.")
 
 
 def register(kind: str, name: str) -> Callable[[Any], Any]:
@@ -40,7 +44,7 @@ def register(kind: str, name: str) -> Callable[[Any], Any]:
     def wrap(obj: Any) -> Any:
         existing = _REGISTRY[kind].get(name)
         if existing is not None and existing is not obj:
-            raise ValueError(f"{kind} {name!r} is already registered ({existing}).")
+            raise ConfigError(f"{kind} {name!r} is already registered ({existing}).")
         _REGISTRY[kind][name] = obj
         return obj
 
@@ -61,7 +65,7 @@ def get(kind: str, name: str) -> Any:
         _import_all(kind)
     if name not in _REGISTRY[kind]:
         known = ", ".join(sorted(_REGISTRY[kind])) or "none"
-        raise ValueError(f"Unknown {kind} {name!r}. Registered {kind}s: {known}.")
+        raise ConfigError(f"Unknown {kind} {name!r}. Registered {kind}s: {known}.")
     return _REGISTRY[kind][name]
 
 

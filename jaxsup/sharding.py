@@ -23,6 +23,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxsup import sharding_rules
+from jaxsup.errors import ConfigError
+
 log = logging.getLogger("jaxsup")
 
 Rules = Sequence[tuple[str, Any]]
@@ -38,17 +41,17 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     names = tuple(name for name, _ in axes)
     sizes = [int(size) for _, size in axes]
     if len(set(names)) != len(names):
-        raise ValueError(f"Mesh axis names must be unique, got {names}.")
+        raise ConfigError(f"Mesh axis names must be unique, got {names}.")
     if sizes.count(-1) > 1:
-        raise ValueError(f"At most one mesh axis may be -1, got {list(axes)}.")
+        raise ConfigError(f"At most one mesh axis may be -1, got {list(axes)}.")
     known = math.prod(s for s in sizes if s != -1)
     if known <= 0 or len(devices) % known:
-        raise ValueError(f"Mesh {list(axes)} does not fit {len(devices)} devices.")
+        raise ConfigError(f"Mesh {list(axes)} does not fit {len(devices)} devices.")
     if -1 not in sizes and known < len(devices) and jax.process_count() == 1:
         devices = devices[:known]  # An explicit smaller mesh uses the first devices.
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"Mesh {dict(zip(names, sizes))} has {math.prod(sizes)} devices, "
             f"but {len(devices)} are available."
         )
@@ -85,28 +88,36 @@ def _spec_for(name: str, shape: tuple[int, ...], tactic: Any, mesh: Mesh) -> P:
     if isinstance(tactic, str) and (tactic == "fsdp" or tactic.startswith("fsdp:")):
         axis = tactic.partition(":")[2] or "data"
         if axis not in mesh.shape:
-            raise ValueError(f"Rule for {name!r}: mesh has no axis {axis!r} (axes {mesh.axis_names}).")
+            raise ConfigError(f"Rule for {name!r}: mesh has no axis {axis!r} (axes {mesh.axis_names}).")
         return _fsdp_spec(shape, axis, mesh)
     if isinstance(tactic, (tuple, list)):
         if len(tactic) > len(shape):
-            raise ValueError(f"Spec {tuple(tactic)} for {name!r} has more dims than its shape {shape}.")
+            raise ConfigError(f"Spec {tuple(tactic)} for {name!r} has more dims than its shape {shape}.")
         for dim, axis in enumerate(tactic):
             axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
             for ax in axes:
                 if ax not in mesh.shape:
-                    raise ValueError(f"Spec for {name!r} names axis {ax!r}; mesh axes are {mesh.axis_names}.")
+                    raise ConfigError(f"Spec for {name!r} names axis {ax!r}; mesh axes are {mesh.axis_names}.")
             n = math.prod(mesh.shape[ax] for ax in axes)
             if shape[dim] % n:
-                raise ValueError(
+                raise ConfigError(
                     f"Parameter {name!r} with shape {shape}: dim {dim} ({shape[dim]}) is not "
                     f"divisible by mesh axis {axis!r} of size {n}."
                 )
         return P(*tactic)
-    raise ValueError(f"Unknown sharding tactic {tactic!r} for {name!r}.")
+    raise ConfigError(f"Unknown sharding tactic {tactic!r} for {name!r}.")
 
 
-def tree_partition_specs(tree: Any, rules: Rules, mesh: Mesh, warn_unused: bool = True) -> Any:
+def resolve_rules(rules: Any) -> Rules:
+    """Partition rules: (regex, tactic) pairs as given, and preset names (e.g. "fsdp",
+    jaxsup.sharding_rules) expanded in place: ("fsdp",) or "fsdp" -> the fsdp rules."""
+    rules = (rules,) if isinstance(rules, str) else tuple(rules)
+    return tuple(r for item in rules for r in (sharding_rules.preset(item) if isinstance(item, str) else (item,)))
+
+
+def tree_partition_specs(tree: Any, rules: Any, mesh: Mesh, warn_unused: bool = True) -> Any:
     """PartitionSpecs for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    rules = resolve_rules(rules)
     compiled = [(re.compile(pattern), tactic) for pattern, tactic in rules]
     used = [False] * len(compiled)
 
@@ -127,7 +138,7 @@ def tree_partition_specs(tree: Any, rules: Rules, mesh: Mesh, warn_unused: bool 
     return specs
 
 
-def tree_shardings(tree: Any, rules: Rules, mesh: Mesh) -> Any:
+def tree_shardings(tree: Any, rules: Any, mesh: Mesh) -> Any:
     """NamedShardings for every leaf of `tree` from the partition rules."""
     specs = tree_partition_specs(tree, rules, mesh)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
@@ -137,7 +148,7 @@ def data_axes(mesh: Mesh, candidates: Sequence[str] = ("data",)) -> tuple[str, .
     """The mesh axes a batch is split over (those of `candidates` in the mesh)."""
     axes = tuple(a for a in candidates if a in mesh.shape)
     if not axes:
-        raise ValueError(f"Mesh axes {mesh.axis_names} contain none of the batch axes {tuple(candidates)}.")
+        raise ConfigError(f"Mesh axes {mesh.axis_names} contain none of the batch axes {tuple(candidates)}.")
     return axes
 
 
@@ -160,11 +171,11 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, axes: Sequence[str] = (
     """Raises if `global_batch` cannot be split evenly over the data axes and processes."""
     shards = num_batch_shards(mesh, axes)
     if global_batch % shards:
-        raise ValueError(
+        raise ConfigError(
             f"config.{what}={global_batch} is not divisible by the {shards} devices on mesh "
             f"axes {data_axes(mesh, axes)}."
         )
     if global_batch % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"config.{what}={global_batch} is not divisible by the {jax.process_count()} processes."
         )

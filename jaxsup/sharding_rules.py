@@ -1,6 +1,7 @@
-"""Named partition-rule presets for config files (`config.partition_rules`).
+"""Named partition-rule presets: `config.partition_rules = ("fsdp_tp",)` (by name,
+so configs import nothing), expanded by `jaxsup.sharding.resolve_rules`.
 
-    c.partition_rules = sharding_rules.fsdp_tp()        # mesh (("data", -1), ("model", 2))
+    c.partition_rules = ("fsdp_tp",)        # mesh (("data", -1), ("model", 2))
 
 Each function returns a tuple of `(regex, tactic)` rules for
 `jaxsup.sharding.tree_shardings` (matched with `re.search` on the full state
@@ -21,6 +22,8 @@ two_tower.py):
 from __future__ import annotations
 
 from typing import Any
+
+from jaxsup.errors import ConfigError
 
 # Weight matrices (any kernel, token/positional embedding tables).
 LARGE = r"(kernel|embedding)$"
@@ -81,5 +84,5 @@ PRESETS = {"data_parallel": data_parallel, "fsdp": fsdp, "fsdp_tp": fsdp_tp}
 def preset(name: str, **kwargs: str) -> Rules:
     """The preset called `name` ("data_parallel" | "fsdp" | "fsdp_tp") with its axis kwargs."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown sharding preset {name!r}; expected one of {sorted(PRESETS)}.")
+        raise ConfigError(f"Unknown sharding preset {name!r}; expected one of {sorted(PRESETS)}.")
     return PRESETS[name](**kwargs)

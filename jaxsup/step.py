@@ -1,4 +1,4 @@
-"""The train state and the train step (jitted with shardings by train.py).
+"""The train state and the train step: pure maths, no assembly (see jaxsup.experiment).
 
     state, metrics = step(state, frozen, batch)
 
@@ -13,13 +13,14 @@ not per-example means: see the README (GradCache) before accumulating them.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxsup.microbatch import split_micro_batches
 
 
 @flax.struct.dataclass
@@ -33,18 +34,6 @@ class TrainState:
 def tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
     """Leafwise `new if pred else old` for a scalar bool `pred`."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
-
-
-def split_micro_batches(batch: dict[str, jax.Array], k: int, sharding: jax.sharding.Sharding | None) -> Any:
-    """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i::k."""
-
-    def split(x):
-        if x.shape[0] % k:
-            raise ValueError(f"grad_accum_steps={k} does not divide the batch dimension {x.shape[0]}.")
-        y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-        return y if sharding is None else jax.lax.with_sharding_constraint(y, sharding)
-
-    return jax.tree.map(split, batch)
 
 
 def accumulated_grads(
@@ -80,8 +69,6 @@ def make_train_step(
     micro_batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[[TrainState, Any, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """step(state, frozen, batch) -> (state, metrics); a non-finite step changes nothing."""
-    if grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}.")
 
     def train_step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -112,54 +99,3 @@ def make_train_step(
         return new_state, out
 
     return train_step
-
-
-@dataclasses.dataclass
-class StepSetup:
-    """What train.py (and benchmarks/train_step.py) build before the loop."""
-
-    task: Any
-    init_state: Callable[[jax.Array], TrainState]  # jit it with out_shardings=state_shardings
-    init_rng: jax.Array
-    abstract_state: Any  # TrainState of ShapeDtypeStructs
-    state_shardings: Any
-    frozen: Any  # task.load_frozen(): teacher params etc., already on devices
-    step_fn: Any  # jax.jit(train_step, in/out shardings, donated state): lower + compile it
-
-
-def build_step(config: Any, mesh: jax.sharding.Mesh, example: dict[str, jax.Array]) -> StepSetup:
-    """Task, optimizer, state shardings and the jitted train step for `config` on `mesh`.
-
-    Args:
-      example: a batch of one example (arrays), for the shapes of init.
-    """
-    from jaxsup import optim, registry, sharding  # Local: step.py stays importable on its own.
-
-    task = registry.get("task", config.task)(config, mesh)
-    optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-
-    def init_state(rng):
-        params, task_state = task.init(rng, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), task_state)
-
-    init_rng = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
-    abstract_state = jax.eval_shape(init_state, init_rng)
-    state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
-    frozen = task.load_frozen()
-    shards = sharding.num_batch_shards(mesh, config.batch_axes)
-    if config.batch_size % (config.grad_accum_steps * shards):
-        raise ValueError(
-            f"config.grad_accum_steps={config.grad_accum_steps} micro-batches do not divide the per-device "
-            f"batch (batch_size={config.batch_size} over {shards} devices)."
-        )
-    micro_sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, sharding.data_axes(mesh, config.batch_axes))
-    )
-    step_fn = jax.jit(
-        make_train_step(task, optimizer, schedule, config.seed, config.grad_accum_steps, micro_sharding),
-        in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, frozen),
-                      sharding.batch_sharding(mesh, config.batch_axes)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-    return StepSetup(task, init_state, init_rng, abstract_state, state_shardings, frozen, step_fn)

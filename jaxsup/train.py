@@ -12,31 +12,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from jaxsup import checkpoint, distributed, metrics as metrics_lib, registry, sharding
-from jaxsup.step import build_step
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, sharding
+from jaxsup.data import pipeline, preprocess, splits
+from jaxsup.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger("jaxsup")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs; resumes from it.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
-
-
 NAN_POLICIES = ("stop", "skip")
+
+
+def define_flags() -> None:
+    """The command line of `python -m jaxsup.train` (defined only when run as a program)."""
+    cli.define_config_flags("Directory for checkpoints, metrics and logs; resumes from it.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+    flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
 
 
 def example_global(example: dict, batch_sharding, config) -> dict:
@@ -65,7 +63,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log.info("Devices: %d (%s), processes: %d", jax.device_count(), jax.default_backend(), jax.process_count())
 
     if config.nan_policy not in NAN_POLICIES:
-        raise ValueError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
+        raise ConfigError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
 
     # ------------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
@@ -73,19 +71,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     batch_sharding = sharding.batch_sharding(mesh, config.batch_axes)
 
     # ------------------------------------------------------------------- data
-    train_source = sources.open_source(config.data.name, config.data.train_split, config.data.data_dir or None)
+    train_source = splits.open_split(config.data, config.data.train_split)
     train_data = pipeline.train_dataset(
         train_source, preprocess.build(config.data.preprocess), config.batch_size, config.seed
     )
 
     # ----------------------------------------------------------- model + task
     example = jax.tree.map(lambda x: jnp.asarray(x[:1]), train_data[0])
-    setup = build_step(config, mesh, example)
+    setup = experiment.build_experiment(config, mesh, example)
     task, frozen = setup.task, setup.frozen
-    evaluators = {
-        name: registry.get("evaluator", cfg.type)(cfg, config.data, batch_sharding)
-        for name, cfg in config.evals.items()
-    }
+    evaluators = experiment.build_evaluators(config, mesh)
 
     # ------------------------------------------------------- state / restore
     ckpt = checkpoint.Checkpointer(
@@ -139,7 +134,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if float(step_metrics["train/nonfinite"]):
                 bad = nonfinite_names(metrics_lib.to_floats(step_metrics))
                 if config.nan_policy == "stop":
-                    raise FloatingPointError(
+                    raise NonFiniteError(
                         f"Non-finite {bad} at step {step}; the update was not applied and no checkpoint "
                         f"was written for it (last saved step: {ckpt.latest_step()})."
                     )
@@ -168,54 +163,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return last
 
 
-def setup_logging() -> None:
-    """jaxsup's own messages at INFO; the libraries' (Orbax, absl) at WARNING."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s jaxsup %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 def main(argv) -> None:
     del argv
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required.")
     if FLAGS.config is None:
         raise app.UsageError("--config is required (e.g. configs/supervised_digits.py).")
-    setup_logging()
+    cli.setup_logging()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, FloatingPointError,
-               distributed.DistributedInitError)
-
-
-def name_config_flag(message: str, argv: list[str]) -> str:
-    """'dtype' -> "unknown config key 'model.dtype' (dtype)" when a --config.* flag ends in it."""
-    key = message.split()[0].strip("'\"") if message else ""
-    for arg in argv:
-        name = arg.split("=", 1)[0]
-        if name.startswith("--config.") and (name == f"--config.{key}" or name.endswith(f".{key}")):
-            return f"unknown config key {name[len('--config.'):]!r} ({message})"
-    return message
-
-
-def run(main_fn=None) -> None:
-    """app.run(main_fn or main), printing a user error (bad config, data, checkpoint) as one line."""
-    try:
-        app.run(main_fn or main)
-    except USER_ERRORS as err:
-        if os.environ.get("JAXSUP_TRACEBACK"):
-            raise
-        message = str(err).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        if isinstance(err, AttributeError):
-            message = name_config_flag(message, sys.argv[1:])
-        raise SystemExit(f"jaxsup: error: {type(err).__name__}: {message}\n(set JAXSUP_TRACEBACK=1 for the traceback)")
-
-
 if __name__ == "__main__":
-    run()
+    define_flags()
+    cli.run(main)

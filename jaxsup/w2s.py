@@ -27,16 +27,24 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from jaxsup import sharding
+from jaxsup import cli, sharding
+from jaxsup.config import teacher_spec
+from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.data.splits import check_disjoint_splits
+from jaxsup.data.weak_labels import save_weak_labels
+from jaxsup.errors import ConfigError
 from jaxsup.evaluators import pgr
-from jaxsup.evaluators.base import eval_global_batches
-from jaxsup.tasks.teacher import FrozenModel, teacher_spec
-from jaxsup.tasks.weak_to_strong import check_disjoint_splits, save_weak_labels
-from jaxsup.train import setup_logging, train_and_evaluate
+from jaxsup.tasks.common import FrozenModel
+from jaxsup.train import train_and_evaluate
 
 log = logging.getLogger("jaxsup")
-FLAGS = flags.FLAGS  # --config and --workdir are jaxsup.train's flags (a configs/w2s_*.py file; the pipeline dir)
-flags.DEFINE_string("seeds", None, "Comma-separated seeds; default config.seeds.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line of `python -m jaxsup.w2s` (defined only when run as a program)."""
+    cli.define_config_flags("The pipeline directory: one sub-directory per seed and stage; resumes from it.")
+    flags.DEFINE_string("seeds", None, "Comma-separated seeds; default config.seeds.")
 
 STRONG_STAGES = ("ceiling", "student", "student_aux")
 STUDENT_STAGES = ("student", "student_aux")
@@ -104,10 +112,10 @@ def write_weak_labels(config: Any, weak_dir: str, seed_dir: str) -> float:
 
 
 def check_pipeline(config: Any) -> None:
-    """Raises ValueError for overlapping splits or stages on different datasets."""
+    """Raises ConfigError for overlapping splits or stages on different datasets."""
     names = {s: config.stages[s].data.name for s in config.stages}
     if len(set(names.values())) != 1:
-        raise ValueError(f"All w2s stages must use one dataset; got {names}.")
+        raise ConfigError(f"All w2s stages must use one dataset; got {names}.")
     check_disjoint_splits(config.stages.weak.data, config.splits.to_dict())
 
 
@@ -120,7 +128,7 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict[str, float]:
         log.info("=== seed %d: %s ===", seed, stage)
         metrics = train_and_evaluate(stage_config(config, stage, seed, seed_dir), os.path.join(seed_dir, stage))
         if config.metric not in metrics:
-            raise ValueError(f"Stage {stage!r} reported no {config.metric!r}; it reported {sorted(metrics)}.")
+            raise ConfigError(f"Stage {stage!r} reported no {config.metric!r}; it reported {sorted(metrics)}.")
         results[stage] = float(metrics[config.metric])
 
     run("weak")
@@ -139,7 +147,7 @@ def run_pipeline(config: Any, workdir: str, seeds: Sequence[int] | None = None) 
     check_pipeline(config)
     seeds = list(config.seeds if seeds is None else seeds)
     if not seeds:
-        raise ValueError("No seeds to run.")
+        raise ConfigError("No seeds to run.")
     per_seed = {seed: run_seed(config, workdir, seed) for seed in seeds}
     summary = pgr.summarise(per_seed)
     summary["splits"] = config.splits.to_dict()
@@ -155,18 +163,17 @@ def parse_seeds(text: str | None) -> list[int] | None:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError as err:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}.") from err
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}.") from err
 
 
 def main(argv) -> None:
     del argv
     if FLAGS.workdir is None or FLAGS.config is None:
         raise app.UsageError("--config and --workdir are required.")
-    setup_logging()
+    cli.setup_logging()
     run_pipeline(FLAGS.config, FLAGS.workdir, parse_seeds(FLAGS.seeds))
 
 
 if __name__ == "__main__":
-    from jaxsup.train import run
-
-    run(main)
+    define_flags()
+    cli.run(main)

@@ -49,6 +49,17 @@ def slug(split: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", split.replace("%", "pct")).strip("_")
 
 
+def scratch_baseline_overrides(config) -> dict[str, Any]:
+    """Overrides of configs/supervised_digits.py that train the distill run's student with CE
+    alone on the same labelled examples: the from-scratch baseline of `config`."""
+    return {
+        "model_name": config.model_name, "model": config.model.to_dict(),
+        "data.train_split": config.distill.labelled_split or config.data.train_split,
+        "batch_size": config.batch_size, "total_steps": config.total_steps, "seed": config.seed,
+        "optim.lr": config.optim.lr, "optim.warmup_steps": config.optim.warmup_steps,
+    }
+
+
 def run_comparison(which: str, seed: int, root: str, steps: int | None) -> dict[str, float]:
     """{arm name: test top-1} for one comparison and seed."""
     common = {"seed": seed, "checkpoint.async_save": False}
@@ -65,8 +76,6 @@ def run_comparison(which: str, seed: int, root: str, steps: int | None) -> dict[
     else:
         teacher_cfg, teacher_dir = _load("supervised_digits.py", common), d("teacher_all")
     results = {f"teacher ({teacher_cfg.model_name}, labels {teacher_cfg.data.train_split})": _run(teacher_cfg, teacher_dir)}
-    from jaxsup.tasks.distill import scratch_baseline_overrides
-
     baseline = _load("supervised_digits.py", {**common, **scratch_baseline_overrides(student)})
     arm = f"student {student.model_name} {tuple(student.model.widths)}"
     results[f"{arm}: CE on {labelled} alone"] = _run(baseline, d("scratch_" + slug(labelled)))

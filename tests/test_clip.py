@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxsup import registry, sharding
+from jaxsup.experiment import build_task
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
@@ -45,7 +46,7 @@ def digits_batch(config, n=BATCH, split="train"):
 def loss_and_grads(loss, impl, batch, mesh, variables=None, **options):
     """(task, params, state, loss, grads) of the clip task with `impl`; variables reuses an init."""
     config = tiny_clip_config(**{"clip.loss": loss, "clip.impl": impl, "clip.tile": 8, **options})
-    task = registry.get("task", "clip")(config, mesh)
+    task = build_task(config, mesh)
     params, state = variables or jax.jit(task.init)(jax.random.key(0), jax.tree.map(lambda x: x[:1], batch))
     placed = jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, NamedSharding(mesh, P("data")))
 
@@ -97,7 +98,7 @@ def test_chunked_and_ring_losses_equal_reference_on_8_devices(loss):
 def test_predict_runs_only_the_towers_given():
     mesh = sharding.make_mesh((("data", 1),))
     config = tiny_clip_config()
-    task = registry.get("task", "clip")(config, mesh)
+    task = build_task(config, mesh)
     batch = digits_batch(config, n=4)
     params, state = task.init(jax.random.key(0), batch)
     both = task.predict(params, state, {}, batch)
@@ -131,14 +132,14 @@ def test_real_scale_configs_load_and_runlocal_switches_to_digits():
 
 def test_unprojectable_image_tower_is_a_clear_error():
     config = tiny_clip_config(**{"model.project": False, "model.embed_dim": 24})
-    task = registry.get("task", "clip")(config, sharding.make_mesh((("data", 1),)))
+    task = build_task(config, sharding.make_mesh((("data", 1),)))
     with pytest.raises(ValueError, match="img tower returned dim 16 but project=False needs embed_dim 24"):
         task.init(jax.random.key(0), digits_batch(config, n=2))
 
 
 def test_bad_clip_options_and_batches_are_named():
     mesh = sharding.make_mesh((("data", 1),))
-    clip = registry.get("task", "clip")
+    clip = build_task
     with pytest.raises(ValueError, match="config.clip.loss 'cosine'"):
         clip(tiny_clip_config(**{"clip.loss": "cosine"}), mesh)
     with pytest.raises(ValueError, match="config.clip.impl 'fast'"):
@@ -158,7 +159,7 @@ def test_pallas_impl_falls_back_to_chunked_where_it_cannot_run_or_says_why():
     losses = {}
     for impl, fallback in (("reference", True), ("pallas", True), ("pallas", False)):
         config = tiny_clip_config(**{"clip.impl": impl, "clip.fallback": fallback, "clip.tile": 4})
-        task = registry.get("task", "clip")(config, mesh)
+        task = build_task(config, mesh)
         params, state = task.init(jax.random.key(0), batch)
         loss_fn = jax.jit(lambda p, b: task.loss_fn(p, state, {}, b, jax.random.key(1), 0)[0])
         if not fallback:

@@ -2,6 +2,7 @@
 import pytest
 
 from jaxsup import registry, sharding
+from jaxsup.experiment import build_task
 
 from test_clip import assert_leaves_close, digits_batch, loss_and_grads, tiny_clip_config
 
@@ -41,4 +42,4 @@ def test_ring_with_pallas_blocks_without_fallback_names_the_backend():
 def test_grad_cache_bad_settings(options, match):
     config = tiny_clip_config(**options)
     with pytest.raises(ValueError, match=match):
-        registry.get("task", "clip")(config, sharding.make_mesh([("data", 4)]))
+        build_task(config, sharding.make_mesh([("data", 4)]))

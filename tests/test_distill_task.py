@@ -10,10 +10,9 @@ from jaxsup import checkpoint, sharding
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.evaluators.distill import DistillEvaluator
-from jaxsup.tasks.base import build_model
-from jaxsup.tasks.distill import Distill, augment_images
-from jaxsup.tasks.finetune import Finetune
-from jaxsup.tasks.teacher import FrozenModel, teacher_spec
+from jaxsup.config import teacher_spec
+from jaxsup.experiment import build_task
+from jaxsup.tasks.common import FrozenModel, augment_images, build_model
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, restored_params, tiny_supervised_config
@@ -39,8 +38,8 @@ def kd_config(teacher_dir, **overrides):
     return load_config(os.path.join(ROOT, "configs/kd_digits.py:runlocal"), {**base, **overrides})
 
 
-def make_task(config, cls=Distill, devices=1):
-    return cls(config, sharding.make_mesh((("data", devices),)))
+def make_task(config, devices=1):
+    return build_task(config, sharding.make_mesh((("data", devices),)))
 
 
 def train_batch(config, size=32, seed=3, step=0):
@@ -245,7 +244,7 @@ def test_finetune_starts_from_the_other_runs_weights(teacher_dir, tmp_path):
                  "model_name": "mlp", "model": TEACHER_MODEL, "total_steps": 2, "batch_size": 32, "mesh": (("data", 1),),
                  "checkpoint.async_save": False, "evals.test.every": 0}
     config = load_config(os.path.join(ROOT, "configs/simclrv2_finetune_digits.py:runlocal"), overrides)
-    task = make_task(config, Finetune)
+    task = make_task(config)
     batch = train_batch(config)
     params, state = jax.jit(task.init)(jax.random.key(9), jax.tree.map(lambda x: x[:1], batch))
     params, _ = task.warm_start(params, state)

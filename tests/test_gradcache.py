@@ -11,7 +11,7 @@ from jaxsup import sharding
 from jaxsup.losses import contrastive
 from jaxsup.losses.gradcache import cached_contrastive_loss, merge_micro_batches
 from jaxsup.models.two_tower import TwoTower
-from jaxsup.step import split_micro_batches
+from jaxsup.microbatch import split_micro_batches
 
 VOCAB, MAX_LEN = 64, 8
 

@@ -12,6 +12,7 @@ from jaxsup.config import base_config
 from jaxsup.models.two_tower import TwoTower
 from jaxsup.models.vit import ViT
 from jaxsup.step import TrainState, make_train_step
+from jaxsup.experiment import build_task
 from jaxsup.tasks.supervised import Supervised
 
 VIT = dict(patch_size=4, width=32, depth=2, mlp_dim=64, num_heads=2)
@@ -60,7 +61,7 @@ def _supervised_task(dtype: str) -> Supervised:
     config = base_config()
     config.model_name = "vit"
     config.model = dict(VIT, num_classes=10, dtype=dtype, param_dtype="float32")
-    return Supervised(config, sharding.make_mesh((("data", 1),)))
+    return build_task(config, sharding.make_mesh((("data", 1),)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import apply_overrides, ROOT
 from jaxsup import checkpoint, registry, sharding
+from jaxsup.experiment import build_task
 from jaxsup.config import load_config
 from jaxsup.tasks import pseudo_label
 from jaxsup.train import train_and_evaluate
@@ -31,7 +32,7 @@ def small_config(arg="runlocal", **overrides):
 
 
 def make_task(config):
-    return registry.get("task", "pseudo_label")(config, sharding.make_mesh(config.mesh))
+    return build_task(config, sharding.make_mesh(config.mesh))
 
 
 def make_batch(seed=0, n=24):

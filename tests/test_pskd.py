@@ -10,7 +10,8 @@ import pytest
 from jaxsup import checkpoint, sharding
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
-from jaxsup.tasks.pskd import PREV_PROBS, PSKD
+from jaxsup.experiment import build_task
+from jaxsup.tasks.pskd import PREV_PROBS
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, read_metrics, restored_params
@@ -27,7 +28,7 @@ def pskd_config(**overrides):
 
 def test_targets_loss_grads_and_buffer_update():
     config = pskd_config(**{"pskd.alpha_T": 0.6})
-    task = PSKD(config, sharding.make_mesh((("data", 1),)))
+    task = build_task(config, sharding.make_mesh((("data", 1),)))
     source = sources.open_source("digits", "train")
     batch = pipeline.train_dataset(source, preprocess.build(config.data.preprocess), 32, seed=1)[0]
     batch = {k: jnp.asarray(v) for k, v in batch.items()}

@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxsup import registry, sharding
+from jaxsup.experiment import build_task
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
@@ -77,7 +78,7 @@ def numpy_nt_xent(z1, z2, tau):
 
 
 def make_task(mesh, images, **overrides):
-    task = registry.get("task", "simclr")(tiny_simclr_config(**overrides), mesh)
+    task = build_task(tiny_simclr_config(**overrides), mesh)
     params, state = task.init(jax.random.key(0), {"image": images[:1]})
     return task, params, state
 
@@ -144,7 +145,7 @@ def test_smoke_train_then_probe_and_random_init_probe(tmp_path):
 
 def test_predict_gives_encoder_features_and_unit_projections():
     mesh = sharding.make_mesh((("data", 1),))
-    task = registry.get("task", "simclr")(tiny_simclr_config(), mesh)
+    task = build_task(tiny_simclr_config(), mesh)
     images = digits_images(4)
     params, state = task.init(jax.random.key(0), {"image": images})
     out = task.predict(params, state, {}, {"image": images})
@@ -155,7 +156,7 @@ def test_predict_gives_encoder_features_and_unit_projections():
 
 def test_encoder_without_pooled_features_is_a_clear_error():
     config = tiny_simclr_config(model_name="test_spatial_features", model=dict(num_classes=None))
-    task = registry.get("task", "simclr")(config, sharding.make_mesh((("data", 1),)))
+    task = build_task(config, sharding.make_mesh((("data", 1),)))
     with pytest.raises(ValueError, match=r"encoder 'test_spatial_features' returned shape \(1, 8, 8, 4\)"):
         task.init(jax.random.key(0), {"image": digits_images(1)})
 
@@ -163,9 +164,9 @@ def test_encoder_without_pooled_features_is_a_clear_error():
 def test_bad_simclr_options_are_named():
     mesh = sharding.make_mesh((("data", 1),))
     with pytest.raises(ValueError, match="config.simclr.impl 'fast'"):
-        registry.get("task", "simclr")(tiny_simclr_config(**{"simclr.impl": "fast"}), mesh)
-    with pytest.raises(ValueError, match=r"config.simclr.head \['depth'\]"):
-        registry.get("task", "simclr")(tiny_simclr_config(**{"simclr.head": dict(depth=2)}), mesh)
+        build_task(tiny_simclr_config(**{"simclr.impl": "fast"}), mesh)
+    with pytest.raises(ValueError, match=r"'simclr_head' rejects config.model kwargs \['depth'\]"):
+        build_task(tiny_simclr_config(**{"simclr.head": dict(depth=2)}), mesh)
 
 
 def test_imagenet_config_loads_and_runlocal_switches_to_digits():

@@ -14,8 +14,9 @@ import pytest
 from helpers import apply_overrides, ROOT, read_metrics, restored_params, tiny_supervised_config
 from jaxsup import registry, sharding
 from jaxsup.config import load_config
+from jaxsup.experiment import build_task
 from jaxsup.evaluators import pgr
-from jaxsup.tasks import weak_to_strong as w2s_task
+from jaxsup.data import splits, weak_labels
 from jaxsup.train import train_and_evaluate
 
 CONFIG = os.path.join(ROOT, "configs/w2s_digits.py")
@@ -47,7 +48,7 @@ def random_weak_labels(path, n, k=10, seed=0, split=B_SPLIT):
     rng = np.random.default_rng(seed)
     probs = np.exp(np_log_softmax(rng.standard_normal((n, k)) * 2)).astype(np.float32)
     index = rng.permutation(n)
-    w2s_task.save_weak_labels(path, probs, index, split, "digits")
+    weak_labels.save_weak_labels(path, probs, index, split, "digits")
     table = np.empty_like(probs)
     table[index] = probs
     return table
@@ -66,12 +67,12 @@ def student_config(labels_path, stage="student_aux", **overrides):
                                  ("train[:10]+train[20:30]", "train[25:40]")])
 def test_overlapping_splits_raise(a, b):
     with pytest.raises(ValueError, match="Splits overlap"):
-        w2s_task.check_disjoint_splits(DIGITS, {"weak": a, "strong": b})
+        splits.check_disjoint_splits(DIGITS, {"weak": a, "strong": b})
 
 
 def test_disjoint_splits_pass_and_ranges_are_absolute():
-    w2s_task.check_disjoint_splits(DIGITS, {"weak": A_SPLIT, "strong": B_SPLIT, "test": "test"})
-    a, b = w2s_task.split_ranges(DIGITS, A_SPLIT), w2s_task.split_ranges(DIGITS, B_SPLIT)
+    splits.check_disjoint_splits(DIGITS, {"weak": A_SPLIT, "strong": B_SPLIT, "test": "test"})
+    a, b = splits.split_ranges(DIGITS, A_SPLIT), splits.split_ranges(DIGITS, B_SPLIT)
     assert a[0][0] == b[0][0] == "train" and a[0][1] == 0 and a[0][2] == b[0][1] and b[0][2] == 1437
 
 
@@ -88,7 +89,7 @@ def test_student_split_overlapping_weak_split_raises(tmp_path):
     random_weak_labels(tmp_path / "w.npz", 719)
     c = student_config(tmp_path / "w.npz", **{"w2s.weak_split": "train[:70%]"})
     with pytest.raises(ValueError, match="Splits overlap"):
-        registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+        build_task(c, sharding.make_mesh(c.mesh))
 
 
 def test_stage_configs_get_seed_splits_and_paths():
@@ -111,7 +112,7 @@ def test_stage_configs_get_seed_splits_and_paths():
 # ------------------------------------------------------------ weak labels
 def test_weak_label_file_roundtrip_orders_by_index(tmp_path):
     table = random_weak_labels(tmp_path / "w.npz", 719)
-    loaded = w2s_task.load_weak_labels(str(tmp_path / "w.npz"), B_SPLIT, "digits", 719, 10)
+    loaded = weak_labels.load_weak_labels(str(tmp_path / "w.npz"), B_SPLIT, "digits", 719, 10)
     np.testing.assert_array_equal(loaded, table)
 
 
@@ -134,18 +135,18 @@ def test_bad_weak_labels_raise(tmp_path, case, match):
     elif case == "index":
         index = np.zeros(n, np.int64)
     if case != "missing":
-        w2s_task.save_weak_labels(path, probs, index, split, "digits")
+        weak_labels.save_weak_labels(path, probs, index, split, "digits")
     with pytest.raises(ValueError, match=match):
-        w2s_task.load_weak_labels(path, B_SPLIT, "digits", n, k)
+        weak_labels.load_weak_labels(path, B_SPLIT, "digits", n, k)
 
 
 def test_student_task_without_weak_labels_raises(tmp_path):
     c = student_config(tmp_path / "nowhere.npz")
     with pytest.raises(ValueError, match="does not exist"):
-        registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+        build_task(c, sharding.make_mesh(c.mesh)).load_frozen()
     c = student_config("")
     with pytest.raises(ValueError, match="w2s.weak_labels is empty"):
-        registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+        build_task(c, sharding.make_mesh(c.mesh)).load_frozen()
 
 
 @pytest.mark.parametrize("field,value", [("aux_coef", 1.5), ("aux_coef", -0.1), ("warmup_frac", 2.0), ("loss", "mse")])
@@ -153,7 +154,7 @@ def test_bad_w2s_fields_raise(tmp_path, field, value):
     random_weak_labels(tmp_path / "w.npz", 719)
     c = student_config(tmp_path / "w.npz", **{f"w2s.{field}": value})
     with pytest.raises(ValueError, match=f"w2s.{field}"):
-        registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+        build_task(c, sharding.make_mesh(c.mesh))
 
 
 # ------------------------------------------------------------ student loss
@@ -164,7 +165,7 @@ def test_student_loss_reads_weak_labels_by_index(tmp_path, stage):
 
     table = random_weak_labels(tmp_path / "w.npz", 719, seed=3)
     c = student_config(tmp_path / "w.npz", stage, total_steps=10, **{"w2s.warmup_frac": 0.5, "w2s.aux_coef": 0.8})
-    task = registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+    task = build_task(c, sharding.make_mesh(c.mesh))
     rng = np.random.default_rng(0)
     index = rng.permutation(719)[:16].astype(np.int32)  # positions in the split (tests/test_pipeline.py)
     batch = {"image": jnp.asarray(rng.uniform(0, 1, (16, 8, 8, 1)), jnp.float32), "index": jnp.asarray(index)}
@@ -182,7 +183,7 @@ def test_student_loss_reads_weak_labels_by_index(tmp_path, stage):
         return
     # Same loss with the batch sharded over 8 devices (quantiles over the global batch).
     mesh8 = sharding.make_mesh((("data", 8),))
-    task8 = registry.get("task", "weak_to_strong")(c, mesh8)
+    task8 = build_task(c, mesh8)
     batch8 = jax.device_put(batch, sharding.batch_sharding(mesh8, ("data",)))
     params8, state8 = jax.device_put((params, state), sharding.replicated(mesh8))
     loss8, _ = jax.jit(task8.loss_fn)(params8, state8, task8.load_frozen(), batch8, jax.random.key(1), step)
@@ -198,7 +199,7 @@ def test_student_warm_start_from_pretrained_run(tmp_path):
         "finetune.init_from": str(tmp_path / "pretrained"), "finetune.init_subtree": "params",
         "finetune.init_state_subtree": "",
     })
-    task = registry.get("task", "weak_to_strong")(c, sharding.make_mesh(c.mesh))
+    task = build_task(c, sharding.make_mesh(c.mesh))
     params, _ = task.warm_start(*task.init(jax.random.key(5), {"image": jnp.zeros((1, 8, 8, 1))}))
     saved = restored_params(str(tmp_path / "pretrained"))
     body = lambda p: {k: v for k, v in p.items() if k != "head"}  # noqa: E731

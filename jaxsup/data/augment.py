@@ -14,6 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxsup.errors import ConfigError
+
 Range = tuple[float, float]
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma
 
@@ -26,7 +28,7 @@ def _check_images(images: jnp.ndarray) -> None:
 def _check_range(name: str, lo_hi: Range, lower: float = 0.0) -> None:
     lo, hi = lo_hi
     if not lower <= lo <= hi:
-        raise ValueError(f"{name} must satisfy {lower} <= low <= high, got {lo_hi}.")
+        raise ConfigError(f"{name} must satisfy {lower} <= low <= high, got {lo_hi}.")
 
 
 def per_example(fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray], rng: jax.Array, images: jnp.ndarray) -> jnp.ndarray:
@@ -81,7 +83,7 @@ def random_resized_crop(
     _check_range("scale", scale)
     _check_range("ratio", ratio, lower=1e-6)
     if scale[1] > 1.0 or scale[1] <= 0.0:
-        raise ValueError(f"scale must lie in (0, 1], got {scale}.")
+        raise ConfigError(f"scale must lie in (0, 1], got {scale}.")
     height, width = images.shape[1:3]
 
     def one(key, image):
@@ -157,9 +159,9 @@ def color_jitter(
     (SimCLR), clipping to [0, 1] after each. Strengths 0 disable an op."""
     for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
         if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}.")
+            raise ConfigError(f"{name} must be >= 0, got {value}.")
     if not 0 <= hue <= 0.5:
-        raise ValueError(f"hue must lie in [0, 0.5], got {hue}.")
+        raise ConfigError(f"hue must lie in [0, 0.5], got {hue}.")
     rgb = images.shape[-1] == 3
     ops = [(adjust_brightness, 1.0, brightness), (adjust_contrast, 1.0, contrast)]
     if rgb:
@@ -231,7 +233,7 @@ def gaussian_blur(
     if kernel_size is None:
         kernel_size = max(3, int(0.1 * min(images.shape[1:3])) | 1)
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
+        raise ConfigError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
     radius = kernel_size // 2
 
     def blur(key, image):

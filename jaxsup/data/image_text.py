@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxsup.data import digits, tokenizer
 from jaxsup.data.preprocess import Example, register_op
+from jaxsup.errors import ConfigError, DataError
 
 # Captions the digits CLIP/SigLIP runs train on.
 DIGITS_TRAIN_TEMPLATES = (
@@ -81,7 +82,7 @@ def parse_kwargs(op: str, arg: str, defaults: dict[str, Any]) -> dict[str, Any]:
     for item in filter(None, arg.split(",")):
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
-            raise ValueError(f"Preprocess {op!r}: bad argument {item!r} in {arg!r}; expected k=v with k in {sorted(defaults)}.")
+            raise ConfigError(f"Preprocess {op!r}: bad argument {item!r} in {arg!r}; expected k=v with k in {sorted(defaults)}.")
         out[key] = type(defaults[key])(value) if defaults[key] is not None else value
     return out
 
@@ -90,11 +91,11 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     """A template-set name (TEMPLATE_SETS) or a sequence of templates -> tuple of templates."""
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
-            raise ValueError(f"Unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}.")
+            raise ConfigError(f"Unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}.")
         return TEMPLATE_SETS[templates]
     templates = tuple(templates)
     if not templates:
-        raise ValueError("Empty list of caption templates.")
+        raise ConfigError("Empty list of caption templates.")
     return templates
 
 
@@ -117,7 +118,7 @@ def example_key(ex: Example, seed: int) -> int:
         data = image if isinstance(image, bytes) else np.ascontiguousarray(image).tobytes()
         base = zlib.crc32(data)
     else:
-        raise ValueError(f"Cannot derive a per-example key: example has neither 'index' nor 'image'; has {sorted(ex)}.")
+        raise DataError(f"Cannot derive a per-example key: example has neither 'index' nor 'image'; has {sorted(ex)}.")
     return zlib.crc32(np.asarray([base, seed], np.int64).tobytes())
 
 
@@ -128,7 +129,7 @@ def get_feature(ex: Example, path: str) -> Any:
     node: Any = ex
     for part in path.split("/"):
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"Caption feature {path!r} missing: the example has features {describe_keys(ex)}.")
+            raise DataError(f"Caption feature {path!r} missing: the example has features {describe_keys(ex)}.")
         node = node[part]
     return node
 
@@ -160,15 +161,15 @@ def class_caption(arg: str = "") -> Callable[[Example], Example]:
     kw = parse_kwargs("class_caption", arg, {"templates": "digits_train", "names": "digits", "seed": 0})
     templates = resolve_templates(kw["templates"])
     if kw["names"] not in CLASS_NAME_SETS:
-        raise ValueError(f"class_caption: unknown class-name set {kw['names']!r}; known: {sorted(CLASS_NAME_SETS)}.")
+        raise ConfigError(f"class_caption: unknown class-name set {kw['names']!r}; known: {sorted(CLASS_NAME_SETS)}.")
     names = CLASS_NAME_SETS[kw["names"]]
 
     def op(ex: Example) -> Example:
         if "label" not in ex:
-            raise ValueError(f"class_caption needs feature 'label'; the example has {describe_keys(ex)}.")
+            raise DataError(f"class_caption needs feature 'label'; the example has {describe_keys(ex)}.")
         label = int(np.asarray(ex["label"]))
         if not 0 <= label < len(names):
-            raise ValueError(f"class_caption: label {label} outside the {len(names)} class names of {kw['names']!r}.")
+            raise ConfigError(f"class_caption: label {label} outside the {len(names)} class names of {kw['names']!r}.")
         template = templates[example_key(ex, kw["seed"]) % len(templates)]
         return {**ex, "text": format_caption(template, names[label], label)}
 
@@ -180,7 +181,7 @@ def pick_caption(arg: str = "") -> Callable[[Example], Example]:
     """"text" = one caption of `feature` (a string or a list of strings): the first, or by example_key."""
     kw = parse_kwargs("pick_caption", arg, {"feature": "captions/text", "choice": "first", "seed": 0})
     if kw["choice"] not in ("first", "hash"):
-        raise ValueError(f"pick_caption: choice must be 'first' or 'hash', got {kw['choice']!r}.")
+        raise ConfigError(f"pick_caption: choice must be 'first' or 'hash', got {kw['choice']!r}.")
 
     def op(ex: Example) -> Example:
         captions = get_feature(ex, kw["feature"])
@@ -188,7 +189,7 @@ def pick_caption(arg: str = "") -> Callable[[Example], Example]:
             captions = [captions]
         captions = list(np.asarray(captions, dtype=object).reshape(-1))
         if not captions:
-            raise ValueError(f"pick_caption: feature {kw['feature']!r} holds no captions.")
+            raise DataError(f"pick_caption: feature {kw['feature']!r} holds no captions.")
         k = 0 if kw["choice"] == "first" else example_key(ex, kw["seed"]) % len(captions)
         return {**ex, "text": as_text(captions[k])}
 
@@ -203,7 +204,7 @@ def tokenize(arg: str = "") -> Callable[[Example], Example]:
 
     def op(ex: Example) -> Example:
         if kw["key"] not in ex:
-            raise ValueError(f"tokenize: example has no text feature {kw['key']!r}; has {describe_keys(ex)}.")
+            raise DataError(f"tokenize: example has no text feature {kw['key']!r}; has {describe_keys(ex)}.")
         return {**ex, "tokens": tok.encode([as_text(ex[kw["key"]])], kw["max_len"])[0]}
 
     return op
@@ -226,7 +227,7 @@ def decode_and_resize(image: Any, size: int) -> np.ndarray:
     else:
         array = np.asarray(image)
         if array.ndim != 3 or array.dtype != np.uint8:
-            raise ValueError(f"resize expects uint8 [H, W, C] or encoded bytes, got {array.dtype}{array.shape}.")
+            raise DataError(f"resize expects uint8 [H, W, C] or encoded bytes, got {array.dtype}{array.shape}.")
         pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     out = np.asarray(pil.resize((size, size), Image.BILINEAR), np.uint8)
     return out[..., None] if out.ndim == 2 else out
@@ -239,7 +240,7 @@ def resize(arg: str = "224") -> Callable[[Example], Example]:
 
     def op(ex: Example) -> Example:
         if "image" not in ex:
-            raise ValueError(f"resize: example has no 'image'; has {describe_keys(ex)}.")
+            raise DataError(f"resize: example has no 'image'; has {describe_keys(ex)}.")
         return {**ex, "image": decode_and_resize(ex["image"], size)}
 
     return op

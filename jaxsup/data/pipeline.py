@@ -19,6 +19,9 @@ import grain
 import jax
 import numpy as np
 
+from jaxsup.data import preprocess, splits
+from jaxsup.errors import ConfigError, DataError
+
 Batch = dict[str, np.ndarray]
 
 
@@ -26,7 +29,7 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
     """This process's share of the global batch; raises if the processes do not divide it."""
     count = jax.process_count() if process_count is None else process_count
     if global_batch % count:
-        raise ValueError(f"Global batch {global_batch} is not divisible by {count} processes.")
+        raise ConfigError(f"Global batch {global_batch} is not divisible by {count} processes.")
     return global_batch // count
 
 
@@ -39,7 +42,7 @@ def train_dataset(
 ) -> grain.MapDataset:
     """Infinite MapDataset of local batches; index k is local batch k of the stream."""
     if len(source) < global_batch:
-        raise ValueError(f"The dataset has {len(source)} examples, fewer than one batch ({global_batch}).")
+        raise DataError(f"The dataset has {len(source)} examples, fewer than one batch ({global_batch}).")
     local = local_batch_size(global_batch, process_count)
     return (
         indexed(source)
@@ -102,3 +105,18 @@ def eval_batches(
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Process-local NumPy batch -> global jax.Arrays sharded on the batch dim."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def eval_global_batches(
+    data_cfg: Any, split: str, batch_size: int, sharding: jax.sharding.Sharding
+) -> Iterator[dict[str, jax.Array]]:
+    """Global, sharded, padded batches of `split` of config.data (eval preprocess; "mask" [B])."""
+    pre = preprocess.build(data_cfg.get("eval_preprocess") or data_cfg.preprocess)
+    for local in eval_batches(splits.open_split(data_cfg, split), pre, batch_size):
+        yield to_global(local, sharding)
+
+
+def example_batch(data_cfg: Any) -> dict[str, np.ndarray]:
+    """The first train example, preprocessed, as a batch of one (for shapes)."""
+    example = preprocess.build(data_cfg.preprocess)(splits.open_split(data_cfg, data_cfg.train_split)[0])
+    return {k: np.asarray(v)[None] for k, v in example.items()}

@@ -12,19 +12,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxsup import registry
+from jaxsup.errors import ConfigError, DataError
+
 Example = dict[str, Any]
-_OPS: dict[str, Callable[..., Callable[[Example], Example]]] = {}
-# Modules that register more ops (imported by `build`).
-OP_MODULES: tuple[str, ...] = ("jaxsup.data.image_text",)
 
 
 def register_op(name: str) -> Callable:
-    """Decorator: registers an op factory under `name` (used as "name" or "name:arg")."""
-    def wrap(factory):
-        _OPS[name] = factory
-        return factory
-
-    return wrap
+    """Decorator: registers an op factory as ("preprocess", name), used as "name" or "name:arg"."""
+    return registry.register("preprocess", name)
 
 
 @register_op("image_to_float")
@@ -45,7 +41,7 @@ def keep(keys: str) -> Callable[[Example], Example]:
     def op(ex: Example) -> Example:
         missing = [k for k in names if k not in ex]
         if missing:
-            raise KeyError(f"Preprocess 'keep:{keys}': example has no feature(s) {missing}; has {sorted(ex)}.")
+            raise DataError(f"Preprocess 'keep:{keys}': example has no feature(s) {missing}; has {sorted(ex)}.")
         return {k: ex[k] for k in names}
 
     return op
@@ -61,16 +57,14 @@ def label_to_int32(key: str = "label") -> Callable[[Example], Example]:
 
 def build(ops: Sequence[str]) -> Callable[[Example], Example]:
     """Composes the named ops; unknown names raise naming the known ones."""
-    import importlib
-
-    for module in OP_MODULES:
-        importlib.import_module(module)
+    known = registry.names("preprocess")
     fns = []
     for spec in ops:
         name, _, arg = spec.partition(":")
-        if name not in _OPS:
-            raise ValueError(f"Unknown preprocess op {name!r} in {tuple(ops)}; known: {sorted(_OPS)}.")
-        fns.append(_OPS[name](arg) if arg else _OPS[name]())
+        if name not in known:
+            raise ConfigError(f"Unknown preprocess op {name!r} in {tuple(ops)}; known: {known}.")
+        factory = registry.get("preprocess", name)
+        fns.append(factory(arg) if arg else factory())
 
     def apply(ex: Example) -> Example:
         for fn in fns:

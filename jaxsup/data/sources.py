@@ -18,11 +18,12 @@ import tensorflow_datasets as tfds
 
 from jaxsup import registry
 from jaxsup.data import digits
+from jaxsup.errors import DataError
 
 log = logging.getLogger("jaxsup")
 
 
-class DatasetNotFoundError(ValueError):
+class DatasetNotFoundError(DataError):
     """The dataset (or split) is not prepared where jaxsup looked for it."""
 
 

@@ -15,13 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsup.errors import ConfigError, DataError
+
 PAD_ID = 0
 
 
 def pack(rows: Sequence[Sequence[int]], max_len: int, bos_id: int | None, eos_id: int) -> np.ndarray:
     """Token lists -> int32 [N, max_len]: [BOS] ids EOS, truncated (EOS kept) and 0-padded."""
     if max_len < (2 if bos_id is not None else 1):
-        raise ValueError(f"max_len {max_len} leaves no room for the BOS/EOS tokens.")
+        raise ConfigError(f"max_len {max_len} leaves no room for the BOS/EOS tokens.")
     prefix = [] if bos_id is None else [bos_id]
     out = np.full((len(rows), max_len), PAD_ID, dtype=np.int32)
     for i, ids in enumerate(rows):
@@ -79,7 +81,7 @@ class SentencePieceTokenizer:
 
     def __init__(self, path: str, add_bos: bool = False):
         if not os.path.isfile(path):
-            raise ValueError(f"SentencePiece model file not found: {path!r}.")
+            raise DataError(f"SentencePiece model file not found: {path!r}.")
         try:
             import sentencepiece  # noqa: PLC0415 (optional dependency)
         except ImportError as e:
@@ -92,12 +94,12 @@ class SentencePieceTokenizer:
         self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
         self.offset = 0 if self._sp.pad_id() == PAD_ID else 1
         if self._sp.eos_id() < 0:
-            raise ValueError(f"SentencePiece model {path!r} has no EOS token (needed for EOS pooling).")
+            raise ConfigError(f"SentencePiece model {path!r} has no EOS token (needed for EOS pooling).")
         self.pad_id = PAD_ID
         self.eos_id = self._sp.eos_id() + self.offset
         self.bos_id = self._sp.bos_id() + self.offset if self._sp.bos_id() >= 0 else None
         if add_bos and self.bos_id is None:
-            raise ValueError(f"add_bos=True but SentencePiece model {path!r} has no BOS token.")
+            raise ConfigError(f"add_bos=True but SentencePiece model {path!r} has no BOS token.")
         self.vocab_size = self._sp.get_piece_size() + self.offset
 
     def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
@@ -126,6 +128,6 @@ def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
         return ByteTokenizer(**kwargs)
     if name_or_path.endswith(".model") or os.sep in name_or_path or os.path.exists(name_or_path):
         return SentencePieceTokenizer(name_or_path, **kwargs)
-    raise ValueError(
+    raise ConfigError(
         f"Unknown tokenizer {name_or_path!r}: use 'bytes' or a path to a SentencePiece .model file."
     )

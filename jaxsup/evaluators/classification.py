@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxsup import registry
-from jaxsup.evaluators.base import Predict, eval_global_batches
-from jaxsup.tasks.supervised import classification_metrics
+from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.evaluators.base import Predict
+from jaxsup.losses.classification import classification_metrics
 
 
 @jax.jit

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxsup import registry
-from jaxsup.evaluators.base import Predict, eval_global_batches
+from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.evaluators.base import Predict
+from jaxsup.errors import ConfigError
 
 SUMS = ("student_correct", "teacher_correct", "agreement", "kl", "count")
 
@@ -44,7 +46,7 @@ class DistillEvaluator:
         self.sharding = batch_sharding
         self.temperature = float(cfg.get("temperature", 1.0))
         if not self.temperature > 0:
-            raise ValueError(f"distill evaluator temperature must be > 0, got {self.temperature!r}.")
+            raise ConfigError(f"distill evaluator temperature must be > 0, got {self.temperature!r}.")
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         output = self.cfg.get("output", "logits")
@@ -54,7 +56,7 @@ class DistillEvaluator:
         for batch in eval_global_batches(self.data_cfg, self.cfg.split, self.cfg.batch_size, self.sharding):
             outputs = predict(batch)
             if teacher_output not in outputs:
-                raise ValueError(
+                raise ConfigError(
                     f"distill evaluator needs the task's predict() to return {teacher_output!r}; "
                     f"it returned {sorted(outputs)}."
                 )

@@ -14,7 +14,9 @@ import ml_collections
 import numpy as np
 
 from jaxsup.data import pipeline, sources
-from jaxsup.evaluators.base import Predict, eval_global_batches
+from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.evaluators.base import Predict
+from jaxsup.errors import ConfigError, DataError
 
 
 def eval_data_config(cfg: Any, data_cfg: Any) -> ml_collections.ConfigDict:
@@ -60,11 +62,11 @@ def extract(
     for batch in eval_global_batches(data_cfg, split, batch_size, sharding):
         missing = [k for k in (*inputs, *keys) if k not in batch]
         if missing:
-            raise ValueError(f"Split {split!r} of {data_cfg.name!r}: eval batches lack {missing}; have {sorted(batch)}.")
+            raise DataError(f"Split {split!r} of {data_cfg.name!r}: eval batches lack {missing}; have {sorted(batch)}.")
         out = predict({k: batch[k] for k in inputs})
         absent = [k for k in outputs if k not in out]
         if absent:
-            raise ValueError(f"The task's predict returned {sorted(out)}, not {absent}.")
+            raise ConfigError(f"The task's predict returned {sorted(out)}, not {absent}.")
         real = to_host(batch["mask"]) > 0
         for k in outputs:
             chunks[k].append(to_host(out[k])[real])
@@ -94,7 +96,7 @@ def dataset_class_names(data_cfg: Any, label_key: str = "label") -> tuple[str, .
     feature = features[label_key] if label_key in features else None
     names = getattr(feature, "names", None)
     if not names:
-        raise ValueError(
+        raise DataError(
             f"Zero-shot class names missing: set the evaluator's class_names, or use a dataset whose "
             f"{label_key!r} is a ClassLabel (dataset {data_cfg.name!r} has features {sorted(features)})."
         )
@@ -124,7 +126,7 @@ class TrainTestFeatureEvaluator:
 
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
         if not cfg.get("train_split"):
-            raise ValueError(f"{self.name} needs cfg.train_split (the split it fits on) and cfg.split.")
+            raise ConfigError(f"{self.name} needs cfg.train_split (the split it fits on) and cfg.split.")
         self.cfg = cfg
         self.data_cfg = eval_data_config(cfg, data_cfg)
         self.sharding = batch_sharding

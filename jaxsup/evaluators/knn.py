@@ -20,6 +20,7 @@ import numpy as np
 from jaxsup import registry
 from jaxsup.evaluators.base import Predict
 from jaxsup.evaluators.features import TrainTestFeatureEvaluator, normalize_rows
+from jaxsup.errors import ConfigError
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -30,7 +31,7 @@ def knn_predict(
 ) -> np.ndarray:
     """[M] predicted labels of test_x [M, D] from train_x [N, D], train_y [N] by cosine k-NN."""
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"Unknown knn weighting {weighting!r}; expected one of {WEIGHTINGS}.")
+        raise ConfigError(f"Unknown knn weighting {weighting!r}; expected one of {WEIGHTINGS}.")
     k = min(k, len(train_x))
     train_x = normalize_rows(train_x)
     preds = []
@@ -53,7 +54,7 @@ class KnnEvaluator(TrainTestFeatureEvaluator):
 
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
         if cfg.get("weighting", "similarity") not in WEIGHTINGS:
-            raise ValueError(f"Unknown knn weighting {cfg.weighting!r}; expected one of {WEIGHTINGS}.")
+            raise ConfigError(f"Unknown knn weighting {cfg.weighting!r}; expected one of {WEIGHTINGS}.")
         super().__init__(cfg, data_cfg, batch_sharding)
 
     def evaluate(self, predict: Predict) -> dict[str, float]:

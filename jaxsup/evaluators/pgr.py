@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxsup.errors import ConfigError
+
 log = logging.getLogger("jaxsup")
 
 # Report rows: (key in the per-seed results, label). Students are listed in STUDENTS.
@@ -56,12 +58,12 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 def summarise(per_seed: Mapping[Any, Mapping[str, float]]) -> dict[str, Any]:
     """Per-seed accuracies {seed: {stage: acc}} -> per-seed PGRs and the mean/std summary."""
     if not per_seed:
-        raise ValueError("No per-seed results to summarise.")
+        raise ConfigError("No per-seed results to summarise.")
     seeds = sorted(per_seed)
     keys = [k for k, _ in ACCURACY_ROWS if all(k in per_seed[s] for s in seeds)]
     for required in ("weak", "ceiling"):
         if required not in keys:
-            raise ValueError(f"Per-seed results lack {required!r}: have {sorted(per_seed[seeds[0]])}.")
+            raise ConfigError(f"Per-seed results lack {required!r}: have {sorted(per_seed[seeds[0]])}.")
     students = [k for k in STUDENTS if k in keys]
     per_seed_pgr = {
         str(s): {k: performance_gap_recovered(per_seed[s]["weak"], per_seed[s]["ceiling"], per_seed[s][k]) for k in students}

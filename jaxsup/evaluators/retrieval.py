@@ -29,13 +29,14 @@ import numpy as np
 from jaxsup import registry
 from jaxsup.evaluators.base import Predict
 from jaxsup.evaluators.features import eval_data_config, extract, normalize_rows
+from jaxsup.errors import ConfigError
 
 MATCHES = ("text", "pair", "label")
 
 
 def check_match(match: str) -> None:
     if match not in MATCHES:
-        raise ValueError(f"Unknown retrieval match {match!r}; expected one of {MATCHES}.")
+        raise ConfigError(f"Unknown retrieval match {match!r}; expected one of {MATCHES}.")
 
 
 def match_groups(tokens: np.ndarray, match: str, labels: np.ndarray | None = None) -> np.ndarray:

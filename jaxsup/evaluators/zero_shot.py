@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsup import registry
 from jaxsup.data import image_text
+from jaxsup.errors import DataError
 from jaxsup.evaluators.base import Predict
 from jaxsup.evaluators.features import (
     dataset_class_names, eval_data_config, extract, normalize_rows, predict_rows, topk_correct,
@@ -57,7 +58,7 @@ class ZeroShotEvaluator:
                       inputs=("image",), outputs=("zimg",), keys=(self.label_key,))
         labels = got[self.label_key].astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
-            raise ValueError(f"zero_shot: labels span [{labels.min()}, {labels.max()}] but there are "
+            raise DataError(f"zero_shot: labels span [{labels.min()}, {labels.max()}] but there are "
                              f"{len(self.class_names)} class names.")
         scores = normalize_rows(got["zimg"]) @ classifier.T
         k5 = min(5, len(self.class_names))

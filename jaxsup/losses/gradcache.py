@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsup.step import split_micro_batches
+from jaxsup.microbatch import split_micro_batches
 
 F32 = jnp.float32
 # embed_fn(params, micro_batch) or embed_fn(params, micro_batch, rng) -> pytree of [b, ...]
@@ -37,7 +37,7 @@ LossFn = Callable[[Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def merge_micro_batches(tree: Any) -> Any:
-    """Inverse of `jaxsup.step.split_micro_batches`: [k, B/k, ...] -> [B, ...], row j*k + i = [i, j]."""
+    """Inverse of `jaxsup.microbatch.split_micro_batches`: [k, B/k, ...] -> [B, ...], row j*k + i = [i, j]."""
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
@@ -89,7 +89,7 @@ def cached_contrastive_loss(
         being differentiated).
       batch: pytree of [B, ...] arrays (not differentiated).
       num_micro_batches: k dividing B; micro-batch i holds rows i, i+k, ... (as in
-        `jaxsup.step`), so with a batch sharded over devices each device keeps an
+        `jaxsup.microbatch`), so with a batch sharded over devices each device keeps an
         equal share of every micro-batch. k = 1 is plain autodiff.
       rng: optional key for randomness in embed_fn (dropout).
       micro_batch_sharding: sharding of the [k, B/k, ...] micro-batch stack, e.g.

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxsup import registry
+from jaxsup.errors import ConfigError
 
 
 @registry.register("model", "simclr_head")
@@ -37,10 +38,10 @@ class SimCLRHead(nn.Module):
         if x.ndim != 2:
             raise ValueError(f"SimCLRHead expects features [B, D], got shape {x.shape}.")
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}.")
+            raise ConfigError(f"num_layers must be >= 1, got {self.num_layers}.")
         stop = self.num_layers if return_layer is None else return_layer
         if not 0 <= stop <= self.num_layers:
-            raise ValueError(f"return_layer {return_layer} is outside [0, {self.num_layers}].")
+            raise ConfigError(f"return_layer {return_layer} is outside [0, {self.num_layers}].")
         hidden = self.hidden_dim or x.shape[-1]
         h = x.astype(self.dtype)
         out = {"layer_0": h}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxsup import registry
 from jaxsup.models.small import classifier_head
+from jaxsup.errors import ConfigError
 
 # depth -> (block kind, blocks per stage)
 STAGE_SIZES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
@@ -92,9 +93,9 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False):
         if self.depth not in STAGE_SIZES:
-            raise ValueError(f"Unsupported ResNet depth {self.depth}; expected one of {sorted(STAGE_SIZES)}.")
+            raise ConfigError(f"Unsupported ResNet depth {self.depth}; expected one of {sorted(STAGE_SIZES)}.")
         if self.norm not in NORMS:
-            raise ValueError(f"Unknown norm {self.norm!r}; expected one of {NORMS}.")
+            raise ConfigError(f"Unknown norm {self.norm!r}; expected one of {NORMS}.")
         if x.ndim != 4:
             raise ValueError(f"ResNet expects images [B, H, W, C], got shape {x.shape}.")
         kind, stages = STAGE_SIZES[self.depth]

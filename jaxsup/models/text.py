@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxsup import registry
 from jaxsup.models.small import classifier_head
 from jaxsup.models.transformer import Encoder, attention_mask, check_heads
+from jaxsup.errors import ConfigError
 
 PAD_ID = 0
 POOL_TYPES = ("eos", "mean")
@@ -66,9 +67,9 @@ class TextTransformer(nn.Module):
             raise ValueError(f"TextTransformer expects int token ids [B, L], got {tokens.dtype}{tokens.shape}.")
         length = tokens.shape[1]
         if length > self.max_len:
-            raise ValueError(f"Sequence length {length} exceeds max_len {self.max_len}.")
+            raise ConfigError(f"Sequence length {length} exceeds max_len {self.max_len}.")
         if self.pool_type not in POOL_TYPES:
-            raise ValueError(f"Unknown pool_type {self.pool_type!r}; expected one of {POOL_TYPES}.")
+            raise ConfigError(f"Unknown pool_type {self.pool_type!r}; expected one of {POOL_TYPES}.")
         check_heads(self.width, self.num_heads)
 
         x = nn.Embed(

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsup.errors import ConfigError
+
 # Policies of jax.checkpoint_policies that are usable as-is (not factories).
 REMAT_POLICIES = (
     "nothing_saveable",
@@ -35,7 +37,7 @@ REMAT_POLICIES = (
 def remat_policy_by_name(name: str) -> Callable[..., bool]:
     """Returns `jax.checkpoint_policies.<name>`; ValueError for unknown names."""
     if name not in REMAT_POLICIES:
-        raise ValueError(f"Unknown remat_policy {name!r}; expected one of {REMAT_POLICIES}.")
+        raise ConfigError(f"Unknown remat_policy {name!r}; expected one of {REMAT_POLICIES}.")
     return getattr(jax.checkpoint_policies, name)
 
 
@@ -149,4 +151,4 @@ class Encoder(nn.Module):
 def check_heads(width: int, num_heads: int) -> None:
     """ValueError unless num_heads divides width."""
     if num_heads <= 0 or width % num_heads:
-        raise ValueError(f"width {width} must be a positive multiple of num_heads {num_heads}.")
+        raise ConfigError(f"width {width} must be a positive multiple of num_heads {num_heads}.")

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxsup import registry
+from jaxsup.errors import ConfigError
 
 LOSS_TYPES = ("softmax", "sigmoid")
 # Initial log-temperature and bias per loss (CLIP; SigLIP).
@@ -57,7 +58,7 @@ class TwoTower(nn.Module):
 
     def setup(self):
         if self.loss not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss {self.loss!r}; expected one of {LOSS_TYPES}.")
+            raise ConfigError(f"Unknown loss {self.loss!r}; expected one of {LOSS_TYPES}.")
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.img = registry.get("model", self.image)(**{**precision, **dict(self.image_kwargs or {})})
         self.txt = registry.get("model", self.text)(**{**precision, **dict(self.text_kwargs or {})})
@@ -72,14 +73,14 @@ class TwoTower(nn.Module):
     def _embed(self, tower_name: str, features: jnp.ndarray) -> jnp.ndarray:
         """Tower output [B, D] -> unit-norm [B, E]; ValueError if it is not projectable."""
         if features.ndim != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"The {tower_name} tower ({self.image if tower_name == 'img' else self.text!r}) returned shape "
                 f"{features.shape}; two_tower needs [B, D] features (e.g. a pooled model)."
             )
         if self.project:
             features = getattr(self, f"{tower_name}_proj")(features)
         elif features.shape[-1] != self.embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"The {tower_name} tower returned dim {features.shape[-1]} but project=False "
                 f"needs embed_dim {self.embed_dim}."
             )

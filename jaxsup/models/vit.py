@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxsup import registry
 from jaxsup.models.small import classifier_head
 from jaxsup.models.transformer import Encoder, check_heads
+from jaxsup.errors import ConfigError
 
 # name -> (width, depth, mlp_dim, num_heads), as in the ViT / DeiT papers.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -35,7 +36,7 @@ def parse_variant(variant: str | None) -> tuple[dict[str, int], int | None]:
         return {}, None
     size, _, patch = variant.partition("/")
     if size not in VARIANTS or (patch and not patch.isdigit()):
-        raise ValueError(
+        raise ConfigError(
             f"Unknown ViT variant {variant!r}; expected one of {sorted(VARIANTS)} "
             "optionally followed by '/<patch>', e.g. 'B/16'."
         )
@@ -77,7 +78,7 @@ class ViT(nn.Module):
         dims.update({k: v for k, v in explicit.items() if v is not None})
         missing = [k for k in explicit if dims.get(k) is None]
         if missing:
-            raise ValueError(f"ViT needs {missing}: set them or a variant such as 'B/16'.")
+            raise ConfigError(f"ViT needs {missing}: set them or a variant such as 'B/16'.")
         check_heads(dims["width"], dims["num_heads"])
         return dims
 
@@ -86,11 +87,11 @@ class ViT(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ViT expects images [B, H, W, C], got shape {x.shape}.")
         if self.pool_type not in POOL_TYPES:
-            raise ValueError(f"Unknown pool_type {self.pool_type!r}; expected one of {POOL_TYPES}.")
+            raise ConfigError(f"Unknown pool_type {self.pool_type!r}; expected one of {POOL_TYPES}.")
         dims = self.resolved_dims()
         p, width = dims["patch_size"], dims["width"]
         if x.shape[1] % p or x.shape[2] % p:
-            raise ValueError(f"Image size {x.shape[1:3]} is not a multiple of patch_size {p}.")
+            raise ConfigError(f"Image size {x.shape[1:3]} is not a multiple of patch_size {p}.")
 
         x = nn.Conv(
             width, (p, p), strides=(p, p), padding="VALID",

@@ -3,6 +3,7 @@
 A task owns its model(s) and turns a batch into a loss. train.py never
 branches on the method: it calls only these methods.
 
+  Task(config, mesh, data)         data: DataInfo (below); a task does no I/O of its own
   init(rng, batch)                 -> (params, task_state)
   warm_start(params, task_state)   -> (params, task_state) after a fresh init, never on
                                       resume (e.g. pretrained weights onto their shardings)
@@ -13,54 +14,49 @@ branches on the method: it calls only these methods.
 
 `task_state` is checkpointed with the params but gets no gradients (BatchNorm
 statistics, EMA teachers, per-example buffers). `frozen` is restored at
-start-up and never saved or updated.
+start-up and never saved or updated. A task's config fields live in the
+sections that `jaxsup.config.TASK_SECTIONS` declares for it, with defaults.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Iterator
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxsup import registry
+from jaxsup import config as config_lib
+from jaxsup.errors import ConfigError
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def build_model(name: str, kwargs: Any) -> nn.Module:
-    """registry model `name` constructed from a ConfigDict/dict of kwargs."""
-    cls = registry.get("model", name)
-    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"Model {name!r} rejects config.model kwargs {sorted(kwargs)}: {err}") from err
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a task may know of its data, handed in by the experiment assembly.
 
+    example: the first preprocessed train example as a batch of one (NumPy, for shapes).
+    num_examples(split): number of examples in a split of config.data.
+    split_ranges(split): [(base split, start, stop)] absolute example ranges of a split string.
+    eval_batches(split): global, sharded, padded batches of a split (with "mask" [B]),
+        for one pass at start-up (e.g. teacher class means).
+    """
 
-def split_variables(variables: Any) -> tuple[Any, Any]:
-    """flax variables -> (params, the other collections e.g. batch_stats)."""
-    variables = dict(variables)
-    params = variables.pop("params")
-    return params, variables
-
-
-def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Mean of values [B] over rows with mask [B] == 1 (all rows if mask is None)."""
-    values = values.astype(jnp.float32)
-    if mask is None:
-        return values.mean()
-    return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    example: dict[str, Any]
+    num_examples: Callable[[str], int]
+    split_ranges: Callable[[str], list[tuple[str, int, int]]]
+    eval_batches: Callable[[str], Iterator[Batch]]
 
 
 class Task:
     """Base class: subclasses set up models in __init__ and implement the methods."""
 
-    def __init__(self, config: Any, mesh: Mesh):
+    def __init__(self, config: Any, mesh: Mesh, data: DataInfo):
         self.config = config
         self.mesh = mesh
+        self.data = data
+        check_sections(config)
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -76,3 +72,13 @@ class Task:
 
     def predict(self, params, task_state, frozen, batch: Batch) -> dict[str, jax.Array]:
         raise NotImplementedError
+
+
+def check_sections(config: Any) -> None:
+    """Raises ConfigError if the config lacks a section its task reads (config.base_config(task) adds them)."""
+    missing = [s for s in config_lib.TASK_SECTIONS.get(config.task, ()) if s not in config]
+    if missing:
+        raise ConfigError(
+            f"config.task={config.task!r} reads config.{missing[0]}, which the config lacks: start the "
+            f"config from jaxsup.config.base_config({config.task!r})."
+        )

@@ -25,40 +25,16 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxsup import registry, sharding
+from jaxsup.data.tokenizer import get_tokenizer
+from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import contrastive, distributed, gradcache
-from jaxsup.losses.dispatch import IMPLS
+from jaxsup.microbatch import check_micro_batches
 from jaxsup.models.two_tower import LOSS_TYPES
-from jaxsup.tasks.base import Batch, Task, build_model, split_variables
-
-CLIP_IMPLS = IMPLS + ("ring",)
-DEFAULTS = dict(loss="softmax", impl="reference", tile=contrastive.DEFAULT_TILE, fallback=True, axis="data",
-                block_impl="chunked", grad_cache_micro_batches=1)
-
-
-def task_options(config: Any, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """config.<name> merged over defaults; unknown keys raise naming the known ones."""
-    given = config.get(name) or {}
-    given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"config.{name} has unknown field(s) {unknown}; known: {sorted(defaults)}.")
-    return {**defaults, **given}
-
-
-def apply_with_state(model, params, model_state, *args, train: bool, rngs=None, **kwargs):
-    """model.apply with non-param collections (BatchNorm stats); returns (outputs, new_state).
-
-    In training the collections are mutable and come back updated; otherwise unchanged.
-    """
-    variables = {"params": params, **model_state}
-    if train and model_state:
-        outputs, new_state = model.apply(variables, *args, train=True, rngs=rngs, mutable=list(model_state), **kwargs)
-        return outputs, dict(new_state)
-    return model.apply(variables, *args, train=train, rngs=rngs, **kwargs), model_state
+from jaxsup.tasks.base import Batch, DataInfo, Task
+from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive_options, split_variables
 
 
 def contrastive_image_text_loss(
@@ -78,46 +54,46 @@ def contrastive_image_text_loss(
     return contrastive.sigmoid_contrastive(zimg, ztxt, log_t, out["bias"], **local)
 
 
+def text_vocab(model_kwargs: dict[str, Any], tokenizer: str) -> dict[str, Any]:
+    """{"text_kwargs": ... with vocab_size} read from `tokenizer` when config.clip.tokenizer is set, else {}."""
+    if not tokenizer:
+        return {}
+    text = dict(model_kwargs.get("text_kwargs") or {})
+    vocab_size = get_tokenizer(tokenizer).vocab_size
+    if text.get("vocab_size", 0) not in (0, vocab_size):
+        raise ConfigError(f"config.model.text_kwargs.vocab_size={text['vocab_size']} but tokenizer {tokenizer!r} "
+                          f"has {vocab_size} ids; set it to 0 (taken from the tokenizer).")
+    return {"text_kwargs": {**text, "vocab_size": vocab_size}}
+
+
 @registry.register("task", "clip")
 class Clip(Task):
     """Two-tower image-text contrastive training; see the module docstring."""
 
-    def __init__(self, config: Any, mesh):
-        super().__init__(config, mesh)
-        self.opts = task_options(config, "clip", DEFAULTS)
-        if self.opts["loss"] not in LOSS_TYPES:
-            raise ValueError(f"Unknown config.clip.loss {self.opts['loss']!r}; expected one of {LOSS_TYPES}.")
-        if self.opts["impl"] not in CLIP_IMPLS:
-            raise ValueError(f"Unknown config.clip.impl {self.opts['impl']!r}; expected one of {CLIP_IMPLS}.")
-        if self.opts["impl"] == "ring" and self.opts["axis"] not in mesh.axis_names:
-            raise ValueError(f"config.clip.axis {self.opts['axis']!r} is not a mesh axis {mesh.axis_names}.")
+    def __init__(self, config: Any, mesh, data: DataInfo):
+        super().__init__(config, mesh, data)
+        self.opts = opts = config.clip
+        check_contrastive_options(opts, "clip", mesh)
+        if opts.loss not in LOSS_TYPES:
+            raise ConfigError(f"Unknown config.clip.loss {opts.loss!r}; expected one of {LOSS_TYPES}.")
         kwargs = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-        if kwargs.get("loss", self.opts["loss"]) != self.opts["loss"]:
-            raise ValueError(
-                f"config.model.loss {kwargs['loss']!r} contradicts config.clip.loss {self.opts['loss']!r}; "
+        if kwargs.get("loss", opts.loss) != opts.loss:
+            raise ConfigError(
+                f"config.model.loss {kwargs['loss']!r} contradicts config.clip.loss {opts.loss!r}; "
                 "set only config.clip.loss."
             )
-        self.model = build_model(config.model_name, {**kwargs, "loss": self.opts["loss"]})
-        self._check_grad_cache(config, mesh)
-
-    def _check_grad_cache(self, config: Any, mesh) -> None:
-        k = self.opts["grad_cache_micro_batches"]
-        if k < 1:
-            raise ValueError(f"config.clip.grad_cache_micro_batches must be >= 1, got {k}.")
+        self.model = build_model(config.model_name, {**kwargs, "loss": opts.loss, **text_vocab(kwargs, opts.tokenizer)})
+        k = opts.grad_cache_micro_batches
+        check_micro_batches(config.batch_size, k, sharding.num_batch_shards(mesh, config.batch_axes),
+                            "clip.grad_cache_micro_batches")
         if k > 1 and config.grad_accum_steps > 1:
-            raise ValueError("config.clip.grad_cache_micro_batches > 1 replaces grad_accum_steps; set one of them.")
-        shards = sharding.num_batch_shards(mesh, config.batch_axes)
-        if k > 1 and config.batch_size % (k * shards):
-            raise ValueError(
-                f"config.clip.grad_cache_micro_batches={k} does not divide the per-device batch "
-                f"(batch_size={config.batch_size} over {shards} devices)."
-            )
+            raise ConfigError("config.clip.grad_cache_micro_batches > 1 replaces grad_accum_steps; set one of them.")
 
     @staticmethod
     def _check_batch(batch: Batch, needed: tuple[str, ...]) -> None:
         missing = [k for k in needed if k not in batch]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"clip task: batch lacks {missing} (has {sorted(batch)}); the preprocess must produce "
                 "'image' and 'tokens' (e.g. class_caption/pick_caption + tokenize)."
             )
@@ -130,7 +106,7 @@ class Clip(Task):
     def _grad_cache_loss(self, params, task_state, batch, rng):
         """Full-batch loss at one micro-batch's activation memory (jaxsup.losses.gradcache)."""
         if task_state:
-            raise ValueError("config.clip.grad_cache_micro_batches > 1 needs a model without BatchNorm state.")
+            raise ConfigError("config.clip.grad_cache_micro_batches > 1 needs a model without BatchNorm state.")
 
         def embed(p, micro_batch, rng_i):
             zimg, ztxt, _ = self.model.apply(
@@ -168,7 +144,7 @@ class Clip(Task):
     def predict(self, params, task_state, frozen, batch):
         del frozen
         if "image" not in batch and "tokens" not in batch:
-            raise ValueError(f"clip predict needs 'image' and/or 'tokens'; batch has {sorted(batch)}.")
+            raise DataError(f"clip predict needs 'image' and/or 'tokens'; batch has {sorted(batch)}.")
         (zimg, ztxt, out), _ = apply_with_state(
             self.model, params, task_state, batch.get("image"), batch.get("tokens"), train=False
         )

@@ -1,12 +1,12 @@
 """Teacher -> student distillation: KD with or without labels, feature (ND) KD.
 
-The teacher is a `teacher.FrozenModel` restored from another run (see
-jaxsup/tasks/teacher.py); the student is `config.model_name` +
+The teacher is a `jaxsup.tasks.common.FrozenModel` restored from another run
+(config.distill.teacher, fields in `jaxsup.config.teacher_spec`); the student is `config.model_name` +
 `config.model` (any architecture with the same number of classes). Each
 step augments the batch once with the step's RNG and feeds the same images
 to both (consistent teaching).
 
-Loss (fields of `config.distill`, defaults in `default_config()`):
+Loss (fields of `config.distill`, defaults in `jaxsup.config`):
 
   alpha * KD + (1 - alpha) * CE_labelled [+ ND]
 
@@ -42,72 +42,19 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from jaxsup import registry, sharding
-from jaxsup.data import augment
-from jaxsup.evaluators.base import eval_global_batches
+from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
-from jaxsup.tasks.base import Task, build_model, masked_mean, split_variables
-from jaxsup.tasks.teacher import (
-    FrozenModel, abstract_init, apply_image_model, example_batch, leading_slice_count, teacher_spec,
+from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.common import (
+    FrozenModel, abstract_init, apply_with_state, augment_images, build_model, check_augment, labelled_mask,
+    leading_slice_count, masked_mean, split_variables,
 )
 
 KD_KINDS = ("kl", "rkl", "jsd", "soft_ce")
-AUGMENTS = ("none", "crop", "simclr")
-
-
-def default_config(teacher_path: str = "") -> ml_collections.ConfigDict:
-    """`config.distill`: the fields of the distill task and their defaults."""
-    return ml_collections.ConfigDict(
-        dict(
-            teacher=teacher_spec(teacher_path),
-            kind="kl",  # kl | rkl | jsd | soft_ce
-            beta=0.5,  # jsd only
-            temperature=4.0,
-            alpha=0.9,  # weight of KD; 1 -> label-free
-            labelled_split="",  # "" -> every example is labelled (when alpha < 1)
-            nd_lambda=0.0,  # > 0 adds the ND feature term
-            augment="none",  # none | crop | simclr: applied once, seen by teacher and student
-            crop_scale=(0.5, 1.0),
-        )
-    )
-
-
-def scratch_baseline_overrides(config: Any) -> dict[str, Any]:
-    """Overrides of a "supervised" config (configs/supervised_digits.py) that train the
-    same student with CE alone on the same labelled examples: the from-scratch
-    baseline of the distill run `config`."""
-    return {
-        "model_name": config.model_name, "model": config.model.to_dict(),
-        "data.train_split": config.distill.labelled_split or config.data.train_split,
-        "batch_size": config.batch_size, "total_steps": config.total_steps, "seed": config.seed,
-        "optim.lr": config.optim.lr, "optim.warmup_steps": config.optim.warmup_steps,
-    }
-
-
-def augment_images(rng: jax.Array, images: jax.Array, name: str, crop_scale: Any) -> jax.Array:
-    """images [B, H, W, C] in [0, 1] -> augmented (same shape); "none" is the identity."""
-    if name == "none":
-        return images
-    if name == "crop":
-        return augment.random_resized_crop(rng, images, scale=tuple(crop_scale))
-    if name == "simclr":
-        return augment.simclr_augment(rng, images, crop_scale=tuple(crop_scale), flip=False, blur_prob=0.0)
-    raise ValueError(f"Unknown augment {name!r}; expected one of {AUGMENTS}.")
-
-
-def check_augment(name: str, where: str) -> None:
-    if name not in AUGMENTS:
-        raise ValueError(f"{where}={name!r} is not one of {AUGMENTS}.")
-
-
-def labelled_count(config: Any) -> int | None:
-    """Length of distill.labelled_split (a leading slice of data.train_split), None if unset."""
-    split = config.distill.labelled_split
-    return leading_slice_count(config, split, "distill.labelled_split") if split else None
 
 
 def kd_term(student_logits: jax.Array, teacher_logits: jax.Array, kind: str, temperature: float, beta: float) -> jax.Array:
@@ -119,15 +66,15 @@ def kd_term(student_logits: jax.Array, teacher_logits: jax.Array, kind: str, tem
 
 
 def validate_kd_fields(cfg: Any) -> None:
-    """Raises ValueError naming a bad distill field (T <= 0, alpha outside [0, 1], ...)."""
+    """Raises ConfigError naming a bad distill field (T <= 0, alpha outside [0, 1], ...)."""
     if not float(cfg.temperature) > 0:
-        raise ValueError(f"distill.temperature must be > 0, got {cfg.temperature!r}.")
+        raise ConfigError(f"distill.temperature must be > 0, got {cfg.temperature!r}.")
     if not 0.0 <= float(cfg.alpha) <= 1.0:
-        raise ValueError(f"distill.alpha must lie in [0, 1], got {cfg.alpha!r}.")
+        raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.alpha!r}.")
     if cfg.kind not in KD_KINDS:
-        raise ValueError(f"distill.kind={cfg.kind!r} is not one of {KD_KINDS}.")
+        raise ConfigError(f"distill.kind={cfg.kind!r} is not one of {KD_KINDS}.")
     if float(cfg.nd_lambda) < 0:
-        raise ValueError(f"distill.nd_lambda must be >= 0, got {cfg.nd_lambda!r}.")
+        raise ConfigError(f"distill.nd_lambda must be >= 0, got {cfg.nd_lambda!r}.")
     check_augment(cfg.augment, "distill.augment")
 
 
@@ -135,30 +82,33 @@ def validate_kd_fields(cfg: Any) -> None:
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
 
-    def __init__(self, config: Any, mesh):
-        super().__init__(config, mesh)
+    def __init__(self, config: Any, mesh, data: DataInfo):
+        super().__init__(config, mesh, data)
         self.cfg = cfg = config.distill
         validate_kd_fields(cfg)
         self.student = build_model(config.model_name, config.model)
-        example = example_batch(config)
-        self.teacher = FrozenModel(cfg.teacher, example["image"], config.partition_rules)
-        (s_logits, s_out), _, _ = abstract_init(self.student, example["image"])
+        images = data.example["image"]
+        self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
+        (s_logits, s_out), _, _ = abstract_init(self.student, images)
         num_classes = int(s_logits.shape[-1])
         if num_classes != self.teacher.num_outputs:
-            raise ValueError(
+            raise ConfigError(
                 f"Teacher {self.teacher.model_name!r} outputs {self.teacher.num_outputs} classes but the "
                 f"student {config.model_name!r} outputs {num_classes}: teacher and student class counts "
                 "must agree (distill.teacher.model vs config.model num_classes)."
             )
         self.num_classes = num_classes
         self.uses_labels = float(cfg.alpha) < 1.0
-        self.num_labelled = labelled_count(config) if self.uses_labels else None
+        self.num_labelled = None
+        if self.uses_labels and cfg.labelled_split:
+            self.num_labelled = leading_slice_count(config, cfg.labelled_split, "distill.labelled_split",
+                                                    data.num_examples)
         self.use_nd = float(cfg.nd_lambda) > 0
         self.projector = None
         if self.use_nd:
             student_dim = int(s_out["pre_logits"].shape[-1])
             if self.teacher.feature_dim is None:
-                raise ValueError(f"Feature KD needs the teacher's out['pre_logits']; {self.teacher.model_name!r} has none.")
+                raise ConfigError(f"Feature KD needs the teacher's out['pre_logits']; {self.teacher.model_name!r} has none.")
             if student_dim != self.teacher.feature_dim:
                 self.projector = nn.Dense(self.teacher.feature_dim, use_bias=False, name="projector")
 
@@ -191,12 +141,8 @@ class Distill(Task):
             return out["pre_logits"], classes, batch["mask"]
 
         features_of = jax.jit(features_of, out_shardings=sharding.replicated(self.mesh))
-
-        batches = eval_global_batches(
-            config.data, split, config.batch_size, sharding.batch_sharding(self.mesh, config.batch_axes)
-        )
         feats, labels = [], []
-        for batch in batches:
+        for batch in self.data.eval_batches(split):
             features, classes, mask = jax.device_get(features_of(teacher_vars, batch))
             feats.append(features[mask > 0])
             labels.append(classes[mask > 0])
@@ -204,14 +150,15 @@ class Distill(Task):
 
     # ------------------------------------------------------------------- loss
     def _student_forward(self, params, model_state, images, train: bool):
-        return apply_image_model(self.student, params["student"], model_state, images, train=train)
+        """(logits [B, K], out, new student model_state)."""
+        (logits, out), model_state = apply_with_state(self.student, params["student"], model_state, images, train=train)
+        return logits, out, model_state
 
     def labelled_mask(self, batch) -> jax.Array:
         """[B] float: 1 where the example's label may be used."""
-        ones = jnp.ones(batch["image"].shape[0], jnp.float32)
         if self.num_labelled is None:
-            return ones
-        return (batch["index"] < self.num_labelled).astype(jnp.float32)
+            return jnp.ones(batch["image"].shape[0], jnp.float32)
+        return labelled_mask(batch["index"], self.num_labelled)
 
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del step

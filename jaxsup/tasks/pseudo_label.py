@@ -28,7 +28,7 @@ from L as usual). future_lr = 0 is exactly the plain EMA teacher. Non-param
 collections (BatchNorm stats) of the teacher follow the student's by the
 same EMA. The teacher starts as a copy of the initial student.
 
-config.pseudo_label (defaults in `default_config()`): labelled_split,
+config.pseudo_label (defaults in `jaxsup.config`): labelled_split,
 threshold, unlabelled_weight, rampup_frac, ema_decay, temperature,
 future_lr, augment, crop_scale. predict() returns "logits" (student) and
 "teacher_logits" (EMA teacher), so the "distill" evaluator reports both.
@@ -39,45 +39,26 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from jaxsup import registry
-from jaxsup.tasks.base import masked_mean
-from jaxsup.tasks.distill import augment_images, check_augment
-from jaxsup.tasks.supervised import Supervised
-from jaxsup.tasks.teacher import leading_slice_count, split_size
+from jaxsup.errors import ConfigError
+from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment, labelled_mask, leading_slice_count, masked_mean
 
 EMA = "ema_teacher"
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.pseudo_label`: fields and defaults (module docstring)."""
-    return ml_collections.ConfigDict(
-        dict(
-            labelled_split="train[:10%]",
-            threshold=0.9,
-            unlabelled_weight=1.0,
-            rampup_frac=0.2,
-            ema_decay=0.99,
-            temperature=1.0,
-            future_lr=0.0,
-            augment="crop",
-            crop_scale=(0.6, 1.0),
-        )
-    )
-
-
 def validate_fields(cfg: Any) -> None:
-    """Raises ValueError naming a bad config.pseudo_label field."""
+    """Raises ConfigError naming a bad config.pseudo_label field."""
     for name in ("threshold", "ema_decay", "rampup_frac"):
         if not 0.0 <= float(cfg[name]) <= 1.0:
-            raise ValueError(f"pseudo_label.{name} must lie in [0, 1], got {cfg[name]!r}.")
+            raise ConfigError(f"pseudo_label.{name} must lie in [0, 1], got {cfg[name]!r}.")
     for name in ("unlabelled_weight", "future_lr"):
         if not float(cfg[name]) >= 0.0:
-            raise ValueError(f"pseudo_label.{name} must be >= 0, got {cfg[name]!r}.")
+            raise ConfigError(f"pseudo_label.{name} must be >= 0, got {cfg[name]!r}.")
     if not float(cfg.temperature) > 0.0:
-        raise ValueError(f"pseudo_label.temperature must be > 0, got {cfg.temperature!r}.")
+        raise ConfigError(f"pseudo_label.temperature must be > 0, got {cfg.temperature!r}.")
     check_augment(cfg.augment, "pseudo_label.augment")
 
 
@@ -94,15 +75,15 @@ def rampup(step: jax.Array, total_steps: int, frac: float) -> jax.Array:
 
 
 @registry.register("task", "pseudo_label")
-class PseudoLabel(Supervised):
+class PseudoLabel(ImageClassifier):
     """Student + EMA teacher: CE on labelled rows, thresholded teacher pseudo-labels on the rest."""
 
-    def __init__(self, config: Any, mesh):
-        super().__init__(config, mesh)
+    def __init__(self, config: Any, mesh, data: DataInfo):
+        super().__init__(config, mesh, data)
         self.cfg = cfg = config.pseudo_label
         validate_fields(cfg)
-        self.num_examples = split_size(config, config.data.train_split)
-        self.num_labelled = leading_slice_count(config, cfg.labelled_split, "pseudo_label.labelled_split")
+        self.num_labelled = leading_slice_count(config, cfg.labelled_split, "pseudo_label.labelled_split",
+                                                data.num_examples)
 
     # ------------------------------------------------------------------ state
     def init(self, rng, batch):
@@ -140,7 +121,7 @@ class PseudoLabel(Supervised):
         cfg = self.cfg
         model_state, teacher = self.split_state(task_state)
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
-        labelled = (batch["index"] < self.num_labelled).astype(jnp.float32)
+        labelled = labelled_mask(batch["index"], self.num_labelled)
         labels = jnp.where(labelled > 0, batch["label"], 0)  # unlabelled rows never see their label
         unlabelled = 1.0 - labelled
 

@@ -15,7 +15,7 @@ stats) sit next to it at the top level of task_state, as in task
 "supervised", so a PS-KD run can be a distillation teacher with the default
 subtrees ("params", "task_state").
 
-config.pskd: alpha_T (0.8), augment / crop_scale as in task "distill".
+config.pskd: alpha_T (0.8), augment / crop_scale as in task "distill" (defaults in jaxsup.config).
 Epochs: t = floor(step * batch_size / N) (grain reshuffles every epoch and
 each example appears once per epoch), T = total_steps * batch_size / N.
 """
@@ -25,20 +25,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxsup import registry
+from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
-from jaxsup.tasks.distill import augment_images, check_augment
-from jaxsup.tasks.supervised import Supervised
-from jaxsup.tasks.teacher import split_size
+from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment
 
 PREV_PROBS = "pskd_prev_probs"
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """`config.pskd` fields and defaults (module docstring)."""
-    return ml_collections.ConfigDict(dict(alpha_T=0.8, augment="none", crop_scale=(0.5, 1.0)))
 
 
 def epoch_of(step: jax.Array, batch_size: int, num_examples: int) -> jax.Array:
@@ -47,16 +41,16 @@ def epoch_of(step: jax.Array, batch_size: int, num_examples: int) -> jax.Array:
 
 
 @registry.register("task", "pskd")
-class PSKD(Supervised):
+class PSKD(ImageClassifier):
     """Supervised model trained on its own previous-epoch predictions (progressive self-KD)."""
 
-    def __init__(self, config: Any, mesh):
-        super().__init__(config, mesh)
+    def __init__(self, config: Any, mesh, data: DataInfo):
+        super().__init__(config, mesh, data)
         self.cfg = config.pskd
         if not 0.0 <= float(self.cfg.alpha_T) <= 1.0:
-            raise ValueError(f"pskd.alpha_T must lie in [0, 1], got {self.cfg.alpha_T!r}.")
+            raise ConfigError(f"pskd.alpha_T must lie in [0, 1], got {self.cfg.alpha_T!r}.")
         check_augment(self.cfg.augment, "pskd.augment")
-        self.num_examples = split_size(config, config.data.train_split)
+        self.num_examples = data.num_examples(config.data.train_split)
         self.num_epochs = config.total_steps * config.batch_size / self.num_examples
 
     def init(self, rng, batch):

@@ -29,15 +29,10 @@ import jax.numpy as jnp
 from jaxsup import registry
 from jaxsup.data.augment import simclr_augment
 from jaxsup.losses import contrastive, distributed
-from jaxsup.models.heads import SimCLRHead
+from jaxsup.errors import ConfigError, DataError
 from jaxsup.models.two_tower import l2_normalize
-from jaxsup.tasks.base import Batch, Task, build_model, split_variables
-from jaxsup.tasks.clip import CLIP_IMPLS, apply_with_state, task_options
-
-DEFAULTS = dict(
-    tau=0.1, impl="reference", tile=contrastive.DEFAULT_TILE, fallback=True, axis="data",
-    augment={}, head={},
-)
+from jaxsup.tasks.base import Batch, DataInfo, Task
+from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive_options, split_variables
 
 
 def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -51,18 +46,13 @@ def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tu
 class SimCLR(Task):
     """Encoder + projection head trained with NT-Xent on two augmented views."""
 
-    def __init__(self, config: Any, mesh):
-        super().__init__(config, mesh)
-        self.opts = task_options(config, "simclr", DEFAULTS)
-        if self.opts["impl"] not in CLIP_IMPLS:
-            raise ValueError(f"Unknown config.simclr.impl {self.opts['impl']!r}; expected one of {CLIP_IMPLS}.")
-        if self.opts["impl"] == "ring" and self.opts["axis"] not in mesh.axis_names:
-            raise ValueError(f"config.simclr.axis {self.opts['axis']!r} is not a mesh axis {mesh.axis_names}.")
+    def __init__(self, config: Any, mesh, data: DataInfo):
+        super().__init__(config, mesh, data)
+        self.opts = config.simclr
+        check_contrastive_options(self.opts, "simclr", mesh)
         self.encoder = build_model(config.model_name, config.model)
-        try:
-            self.head = SimCLRHead(**self.opts["head"])
-        except TypeError as err:
-            raise ValueError(f"config.simclr.head {sorted(self.opts['head'])} rejected by SimCLRHead: {err}") from err
+        self.head = build_model("simclr_head", self.opts.head)
+        self.augment = dict(self.opts.augment)
 
     def _features(self, variables, images, train: bool, rng=None):
         """Encoder features [N, D] (+ updated encoder state); ValueError if not [N, D]."""
@@ -71,7 +61,7 @@ class SimCLR(Task):
             rngs=None if rng is None else {"dropout": rng},
         )
         if feats.ndim != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"simclr: encoder {self.config.model_name!r} returned shape {feats.shape}; the projection head "
                 "needs features [N, D] (set config.model.num_classes=None on a pooled model)."
             )
@@ -95,11 +85,11 @@ class SimCLR(Task):
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del frozen, step
         if "image" not in batch:
-            raise ValueError(f"simclr task: batch has no 'image'; has {sorted(batch)}.")
+            raise DataError(f"simclr task: batch has no 'image'; has {sorted(batch)}.")
         images = batch["image"]
         k1, k2, k_drop = jax.random.split(rng, 3)
         views = jnp.concatenate(
-            [simclr_augment(k1, images, **self.opts["augment"]), simclr_augment(k2, images, **self.opts["augment"])]
+            [simclr_augment(k1, images, **self.augment), simclr_augment(k2, images, **self.augment)]
         )
         _, z, task_state = self._embed(params, task_state, views, train=True, rng=k_drop)
         z1, z2 = jnp.split(z, 2)

@@ -1,0 +1,159 @@
+"""The import graph runs one way: train -> experiment assembly -> tasks -> {models, losses,
+data} -> kernels (DESIGN.md). Read from the source with ast, function-level imports included."""
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+from helpers import ROOT
+
+# Layer of each module group: a module may import only lower layers, or its own group.
+LAYERS = {
+    "pallas_kernels": 0,
+    "jaxsup.__init__": 0,  # the empty package module
+    "jaxsup.errors": 1,
+    "jaxsup.registry": 2, "jaxsup.config": 2, "jaxsup.sharding_rules": 2,
+    "jaxsup.sharding": 3, "jaxsup.microbatch": 3, "jaxsup.distributed": 3, "jaxsup.metrics": 3,
+    "jaxsup.optim": 4, "jaxsup.checkpoint": 4,
+    "jaxsup.models": 5, "jaxsup.losses": 5, "jaxsup.data": 5,
+    "jaxsup.tasks": 6, "jaxsup.evaluators": 6,
+    "jaxsup.step": 7,
+    "jaxsup.experiment": 8, "jaxsup.cli": 8,
+    "jaxsup.train": 9,
+    "jaxsup.w2s": 10,
+}
+# Inside jaxsup.tasks a task imports only these shared modules, never another task.
+TASK_SHARED = ("jaxsup.tasks.base", "jaxsup.tasks.common")
+
+
+def module_name(path: str) -> str:
+    rel = os.path.relpath(path, ROOT)[: -len(".py")].replace(os.sep, ".")
+    return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def group_of(module: str) -> str:
+    if module == "jaxsup":
+        return "jaxsup.__init__"
+    for prefix in sorted(LAYERS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in {__file__}")
+
+
+def imports_of(path: str, module: str, modules: set[str]) -> set[str]:
+    """Every jaxsup / pallas_kernels module imported anywhere in the file.
+
+    `from a.b import c` counts as an import of a.b.c if that is a module, else of a.b.
+    """
+    tree = ast.parse(open(path).read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:  # relative import
+                base = ".".join(module.split(".")[: -node.level] + [node.module])
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m.split(".")[0] in ("jaxsup", "pallas_kernels")}
+
+
+def source_modules() -> dict[str, str]:
+    out = {}
+    for package in ("jaxsup", "pallas_kernels"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    out[module_name(path)] = path
+    return out
+
+
+MODULES = source_modules()
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (names that are attributes map to their module)."""
+    graph = {}
+    for module, path in MODULES.items():
+        graph[module] = imports_of(path, module, set(MODULES)) & set(MODULES)
+        graph[module].discard(module)
+    return graph
+
+
+def violation(src: str, dst: str) -> str | None:
+    """Why the import src -> dst breaks the layering, or None if it is allowed."""
+    g_src, g_dst = group_of(src), group_of(dst)
+    if src.startswith("pallas_kernels") and dst.startswith("jaxsup"):
+        return "pallas_kernels never imports jaxsup"
+    if g_src == g_dst:
+        is_task = g_src == "jaxsup.tasks" and src not in TASK_SHARED
+        if is_task and dst not in (*TASK_SHARED, "jaxsup.tasks"):
+            return "a task imports another task (shared helpers live in jaxsup.tasks.common)"
+        return None
+    if LAYERS[g_dst] >= LAYERS[g_src]:
+        return f"{g_src} (layer {LAYERS[g_src]}) imports {g_dst} (layer {LAYERS[g_dst]})"
+    return None
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A module-level import cycle, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, [*stack, nxt])
+                if cycle:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [start])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_every_import_goes_down_the_layers():
+    graph = import_graph()
+    bad = sorted(f"{s} -> {d}: {why}" for s in graph for d in graph[s] if (why := violation(s, d)))
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    assert find_cycle(import_graph()) is None
+
+
+def test_no_package_cycles():
+    """Collapsed to groups (jaxsup.tasks, jaxsup.evaluators, ...), the graph has no cycle either."""
+    packages: dict[str, set[str]] = {}
+    for src, dsts in import_graph().items():
+        packages.setdefault(group_of(src), set()).update(group_of(d) for d in dsts if group_of(d) != group_of(src))
+    for dsts in list(packages.values()):
+        for d in dsts:
+            packages.setdefault(d, set())
+    assert find_cycle(packages) is None
+
+
+@pytest.mark.parametrize("src,dst", [
+    ("jaxsup.evaluators.classification", "jaxsup.tasks.supervised"),  # evaluator -> task
+    ("jaxsup.losses.gradcache", "jaxsup.step"),  # upward
+    ("jaxsup.tasks.simclr", "jaxsup.tasks.clip"),  # task -> task
+    ("pallas_kernels.contrastive.reference", "jaxsup.losses.contrastive"),
+    ("jaxsup.models.vit", "jaxsup.data.augment"),  # peers
+])
+def test_the_checker_catches_a_wrong_edge(src, dst):
+    assert violation(src, dst)
+
+
+def test_the_checker_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

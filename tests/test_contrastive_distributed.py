@@ -1,6 +1,6 @@
 """Device-ring contrastive losses on 8 simulated CPU devices vs the reference.
 
-The sharded losses must equal `impl="reference"` on the gathered batch (itself
+The losses with impl="ring" must equal `impl="reference"` on the gathered batch (itself
 checked against NumPy in test_contrastive_losses.py): values, metrics and
 gradients w.r.t. both embeddings and the scalars, on a 1-D mesh and on a
 ("data", "model") mesh with the batch sharded on "data" only; and their
@@ -16,14 +16,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxsup.losses import distributed as D
+from pallas_kernels.contrastive.ring import ring_loss
 from test_contrastive_losses import LOSSES, assert_close, normalised_pair, run
 
-SHARDED = {
-    "softmax": D.sharded_softmax_contrastive,
-    "sigmoid": D.sharded_sigmoid_contrastive,
-    "nt_xent": D.sharded_nt_xent,
-}
+SHARDED = {name: functools.partial(fn, impl="ring") for name, (fn, _, _) in LOSSES.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,7 +89,7 @@ def test_ring_function_inside_user_shard_map(check_vma):
     log_t = jnp.float32(np.log(10.0))
 
     def per_device(x_blk, y_blk, log_t):
-        loss, _ = D.ring_softmax_contrastive(x_blk, y_blk, log_t, "data", tile=2)
+        loss, _ = ring_loss("softmax", x_blk, y_blk, (log_t,), "data", tile=2)
         return loss[None]
 
     mapped = jax.shard_map(
@@ -116,10 +112,10 @@ def test_ring_function_inside_user_shard_map(check_vma):
 def test_sharded_bad_inputs_raise_value_error():
     x, y = normalised_pair(12, 4)
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        D.sharded_softmax_contrastive(x, y, 0.0, mesh=mesh((8,)))
+        SHARDED["softmax"](x, y, 0.0, mesh=mesh((8,)))
     with pytest.raises(ValueError, match="axis 'batch' is not in the mesh"):
-        D.sharded_nt_xent(x, y, 0.1, mesh=mesh((8,)), axis="batch")
+        SHARDED["nt_xent"](x, y, 0.1, mesh=mesh((8,)), axis="batch")
     with pytest.raises(ValueError, match="same"):
-        D.sharded_sigmoid_contrastive(x, y[:, :3], 0.0, 0.0, mesh=mesh((4, 2)))
+        SHARDED["sigmoid"](x, y[:, :3], 0.0, 0.0, mesh=mesh((4, 2)))
     with pytest.raises(ValueError, match="tile"):
-        D.sharded_softmax_contrastive(x[:8], y[:8], 0.0, mesh=mesh((8,)), tile=0)
+        SHARDED["softmax"](x[:8], y[:8], 0.0, mesh=mesh((8,)), tile=0)

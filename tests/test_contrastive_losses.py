@@ -250,8 +250,7 @@ def test_pallas_on_cpu_raises_or_falls_back_to_chunked(name):
 
 
 def test_missing_pallas_module_raises_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pallas_kernels.contrastive", None)
-    monkeypatch.setitem(sys.modules, "pallas_kernels.contrastive.api", None)
+    monkeypatch.setitem(sys.modules, "pallas_kernels.contrastive.pallas_ops", None)
     x, y = normalised_pair(3, 2)
     with pytest.raises(ValueError, match="not available"):
         C.softmax_contrastive(x, y, 0.0, impl="pallas")
@@ -267,6 +266,7 @@ BAD_CALLS = [
     (lambda: C.nt_xent(GOOD, GOOD, 0.1, impl="chunked", tile=-3), "tile"),
     (lambda: C.sigmoid_contrastive(GOOD, GOOD, 0.0, 0.0, tile=2.5), "tile"),
     (lambda: C.softmax_contrastive(GOOD, GOOD, 0.0, impl="fast"), "Unknown impl"),
+    (lambda: C.nt_xent(GOOD, GOOD, 0.1, impl="ring"), "needs mesh="),
     (lambda: C.softmax_contrastive(GOOD, GOOD, jnp.zeros(2)), "log_t must be a scalar"),
     (lambda: C.sigmoid_contrastive(GOOD, GOOD, 0.0, jnp.zeros((1, 2))), "b must be a scalar"),
     (lambda: C.nt_xent(jnp.ones((4, 3), jnp.int32), GOOD, 0.1), "floating"),

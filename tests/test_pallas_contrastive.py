@@ -16,9 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.backend import BackendUnavailableError
-from pallas_kernels.contrastive import api, primitives, reference
-from pallas_kernels.contrastive.kernels import KernelConfig
+from pallas_kernels.backend import BackendUnavailableError, KernelConfig
+from pallas_kernels.contrastive import pallas_ops
+from pallas_kernels.contrastive import primitives, reference
+
+
+def _loss_only(fn):
+    """The loss of a reference `(loss, metrics)` function."""
+    return lambda *args: fn(*args)[0]
+
+
+ref_softmax, ref_sigmoid, ref_nt_xent = map(
+    _loss_only, (reference.softmax_contrastive, reference.sigmoid_contrastive, reference.nt_xent))
 
 INTERPRET = dict(backend="interpret", block_q=16, block_k=16)
 LOG_T = math.log(10.0)
@@ -26,10 +35,10 @@ SIGLIP_BIAS = -3.0
 TAU = 0.2
 LOSSES = {
     # name: (kernel loss, reference loss, scalar args after the embeddings)
-    "softmax": (api.softmax_contrastive_loss, reference.softmax_contrastive_loss, (LOG_T,)),
-    "sigmoid": (api.sigmoid_contrastive_loss, reference.sigmoid_contrastive_loss,
+    "softmax": (pallas_ops.softmax_contrastive_loss, ref_softmax, (LOG_T,)),
+    "sigmoid": (pallas_ops.sigmoid_contrastive_loss, ref_sigmoid,
                 (LOG_T, SIGLIP_BIAS)),
-    "nt_xent": (api.nt_xent_loss, reference.nt_xent_loss, (TAU,)),
+    "nt_xent": (pallas_ops.nt_xent_loss, ref_nt_xent, (TAU,)),
 }
 
 
@@ -110,10 +119,10 @@ def test_reference_matches_numpy(rows, dim):
     zi, zt = embeddings(0, rows, rows, dim)
     npi, npt = np.asarray(zi, np.float64), np.asarray(zt, np.float64)
     cases = [
-        (reference.softmax_contrastive_loss, (zi, zt, LOG_T), _np_clip(npi, npt, LOG_T)),
-        (reference.sigmoid_contrastive_loss, (zi, zt, LOG_T, SIGLIP_BIAS),
+        (ref_softmax, (zi, zt, LOG_T), _np_clip(npi, npt, LOG_T)),
+        (ref_sigmoid, (zi, zt, LOG_T, SIGLIP_BIAS),
          _np_siglip(npi, npt, LOG_T, SIGLIP_BIAS)),
-        (lambda a, b: reference.nt_xent_loss(a, b, TAU), (zi, zt), _np_nt_xent(npi, npt, TAU)),
+        (lambda a, b: ref_nt_xent(a, b, TAU), (zi, zt), _np_nt_xent(npi, npt, TAU)),
     ]
     scale = 10.0 if rows == 1 else 0.0  # B = 1: CLIP / NT-Xent are exactly 0.
     for fn, args, (np_loss, np_grads) in cases:
@@ -177,15 +186,15 @@ def test_loss_matches_reference_bf16(name):
 
 def test_nt_xent_tau_gradient():
     z1, z2 = embeddings(3, 5, 5, 33)
-    grad = jax.jit(jax.grad(lambda t: api.nt_xent_loss(z1, z2, t, **INTERPRET)))(jnp.float32(TAU))
-    ref_grad = jax.grad(lambda t: reference.nt_xent_loss(z1, z2, t))(jnp.float32(TAU))
+    grad = jax.jit(jax.grad(lambda t: pallas_ops.nt_xent_loss(z1, z2, t, **INTERPRET)))(jnp.float32(TAU))
+    ref_grad = jax.grad(lambda t: ref_nt_xent(z1, z2, t))(jnp.float32(TAU))
     assert_close(grad, ref_grad, 1e-5)
 
 
 def test_losses_under_jit_with_traced_temperature():
     zi, zt = embeddings(4, 5, 5, 8)
-    fn = jax.jit(lambda lt, b: api.sigmoid_contrastive_loss(zi, zt, lt, b, **INTERPRET))
-    assert_close(fn(1.5, -2.0), reference.sigmoid_contrastive_loss(zi, zt, 1.5, -2.0), 1e-5)
+    fn = jax.jit(lambda lt, b: pallas_ops.sigmoid_contrastive_loss(zi, zt, lt, b, **INTERPRET))
+    assert_close(fn(1.5, -2.0), ref_sigmoid(zi, zt, 1.5, -2.0), 1e-5)
 
 
 # ------------------------------------------------------------ block primitives (ring contract)
@@ -208,8 +217,8 @@ def test_softmax_pair_blocks_combine_like_a_ring():
     ref_dzq, ref_dzk, ref_dlt = vjp((g_row, g_col))
 
     # Equal block shapes and a traced offset: one compile serves both blocks.
-    forward = jax.jit(lambda b, o: api.softmax_pair_lse(zq, b, LOG_T, self_offset=o, **INTERPRET))
-    backward = jax.jit(lambda b, o, row, col, g_c: api.softmax_pair_lse_backward(
+    forward = jax.jit(lambda b, o: pallas_ops.softmax_pair_lse(zq, b, LOG_T, self_offset=o, **INTERPRET))
+    backward = jax.jit(lambda b, o, row, col, g_c: pallas_ops.softmax_pair_lse_backward(
         zq, b, LOG_T, row, col, g_row, g_c, self_offset=o, **INTERPRET))
     blocks = list(zip(_split(zk, cut), (global_offset, global_offset - cut)))
     parts = [forward(zk_b, jnp.int32(o)) for zk_b, o in blocks]
@@ -232,12 +241,12 @@ def test_softmax_pair_lse_grad_and_empty_rows():
     """jax.grad through the primitive; a 1x1 block whose only cell is excluded gives -inf."""
     zq, zk = embeddings(6, 5, 37, 8)
     w = jnp.linspace(-1.0, 1.0, 5)
-    fn = lambda a, b, t: jnp.sum(w * api.softmax_pair_lse(a, b, t, self_offset=-2, **INTERPRET)[0])
+    fn = lambda a, b, t: jnp.sum(w * pallas_ops.softmax_pair_lse(a, b, t, self_offset=-2, **INTERPRET)[0])
     ref = lambda a, b, t: jnp.sum(w * reference.pair_logsumexp(a, b, t, -2)[0])
     args = (zq, zk, jnp.float32(LOG_T))
     for g, ref_g in zip(value_and_grads(fn, *args)[1], value_and_grads(ref, *args)[1]):
         assert_close(g, ref_g, 1e-5)
-    row, col = api.softmax_pair_lse(zq[:1], zq[:1], LOG_T, self_offset=0, **INTERPRET)
+    row, col = pallas_ops.softmax_pair_lse(zq[:1], zq[:1], LOG_T, self_offset=0, **INTERPRET)
     assert np.isneginf(row).all() and np.isneginf(col).all()
 
 
@@ -248,9 +257,9 @@ def test_sigmoid_pair_blocks_sum_like_a_ring():
     cut, g_row = 16, jnp.linspace(0.5, 2.0, 21)
     fn = lambda a, b, t, bias: jnp.sum(g_row * reference.sigmoid_pair_row_sums(a, b, t, bias, 0))
     ref_loss, ref_grads = value_and_grads(fn, zq, zk, jnp.float32(LOG_T), jnp.float32(SIGLIP_BIAS))
-    forward = jax.jit(lambda b, o: api.sigmoid_pair_row_sums(
+    forward = jax.jit(lambda b, o: pallas_ops.sigmoid_pair_row_sums(
         zq, b, LOG_T, SIGLIP_BIAS, positive_offset=o, **INTERPRET))
-    backward = jax.jit(lambda b, o: api.sigmoid_pair_row_sums_backward(
+    backward = jax.jit(lambda b, o: pallas_ops.sigmoid_pair_row_sums_backward(
         zq, b, LOG_T, SIGLIP_BIAS, g_row, positive_offset=o, **INTERPRET))
     total, dzq, dzk, dlt, db = 0.0, 0.0, [], 0.0, 0.0
     for zk_b, o in zip(_split(zk, cut), (0, -cut)):
@@ -271,9 +280,10 @@ def test_sigmoid_pair_without_positives_is_all_negatives():
     ref_loss, ref_grads = value_and_grads(fn, zq, zk, jnp.float32(LOG_T), jnp.float32(SIGLIP_BIAS))
     logits = np.exp(LOG_T) * np.asarray(zq, np.float64) @ np.asarray(zk, np.float64).T + SIGLIP_BIAS
     assert_close(ref_loss, np.sum(np.asarray(g_row) * np.logaddexp(0.0, logits).sum(1)), 1e-5)
-    got = api.sigmoid_pair_row_sums(zq, zk, LOG_T, SIGLIP_BIAS, positive_offset=None, **INTERPRET)
+    got = pallas_ops.sigmoid_pair_row_sums(zq, zk, LOG_T, SIGLIP_BIAS, positive_offset=None, **INTERPRET)
     assert_close(jnp.sum(g_row * got), ref_loss, 1e-5)
-    grads = api.sigmoid_pair_row_sums_backward(zq, zk, LOG_T, SIGLIP_BIAS, g_row, positive_offset=None, **INTERPRET)
+    grads = pallas_ops.sigmoid_pair_row_sums_backward(zq, zk, LOG_T, SIGLIP_BIAS, g_row,
+                                                      positive_offset=None, **INTERPRET)
     for g, want in zip(grads, ref_grads):
         assert_close(g, want, 1e-5)
 
@@ -332,29 +342,29 @@ def test_auto_backend_on_cpu_raises():
         pytest.skip("auto backend only fails on CPU")
     zi, zt = embeddings(0, 4, 4, 8)
     with pytest.raises(BackendUnavailableError):
-        api.softmax_contrastive_loss(zi, zt, LOG_T)
+        pallas_ops.softmax_contrastive_loss(zi, zt, LOG_T)
     with pytest.raises(BackendUnavailableError):
-        api.nt_xent_loss(zi, zt, TAU, backend="triton")
+        pallas_ops.nt_xent_loss(zi, zt, TAU, backend="triton")
 
 
 def test_kernel_config_block_sizes():
     """Defaults follow the on-chip budget, shrink to small batches, TPU uses 128."""
-    cfg = api.kernel_config("interpret", n_rows=1000, dim=1000, dtype=jnp.bfloat16)
+    cfg = pallas_ops.kernel_config("interpret", n_rows=1000, dim=1000, dtype=jnp.bfloat16)
     assert (cfg.driver, cfg.block_q, cfg.block_k, cfg.padded_dim(1000)) == ("loop", 16, 32, 1024)
-    cfg = api.kernel_config("interpret", n_rows=5, dim=33, block_q=64)
+    cfg = pallas_ops.kernel_config("interpret", n_rows=5, dim=33, block_q=64)
     assert (cfg.block_q, cfg.block_k, cfg.padded_dim(33)) == (16, 16, 64)
     tpu = KernelConfig(driver="grid", interpret=True, block_q=128, block_k=256)
     assert (tpu.padded_dim(33), tpu.vec_lanes, tpu.vec_sublanes, tpu.row_multiple) == (128, 128, 8, 256)
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda a, b: api.softmax_contrastive_loss(a, b[:3], LOG_T, **INTERPRET), "shape mismatch"),
-    (lambda a, b: api.sigmoid_contrastive_loss(a, b.astype(jnp.int32), 0.0, 0.0, **INTERPRET), "dtype"),
-    (lambda a, b: api.softmax_contrastive_loss(a, b, jnp.ones(2), **INTERPRET), "log_t must be a scalar"),
-    (lambda a, b: api.nt_xent_loss(a[0], b, TAU, **INTERPRET), r"z1 must be a non-empty \[rows, D\]"),
-    (lambda a, b: api.softmax_contrastive_loss(a, b, LOG_T, backend="interpret", block_q=24), "block_q=24"),
-    (lambda a, b: api.softmax_pair_lse(a, b, LOG_T, self_offset=0.5, **INTERPRET), "self_offset"),
-    (lambda a, b: api.softmax_contrastive_loss(a, b, LOG_T, backend="cuda"), "Unknown Pallas backend"),
+    (lambda a, b: pallas_ops.softmax_contrastive_loss(a, b[:3], LOG_T, **INTERPRET), "shape mismatch"),
+    (lambda a, b: pallas_ops.sigmoid_contrastive_loss(a, b.astype(jnp.int32), 0.0, 0.0, **INTERPRET), "dtype"),
+    (lambda a, b: pallas_ops.softmax_contrastive_loss(a, b, jnp.ones(2), **INTERPRET), "log_t must be a scalar"),
+    (lambda a, b: pallas_ops.nt_xent_loss(a[0], b, TAU, **INTERPRET), r"z1 must be a non-empty \[rows, D\]"),
+    (lambda a, b: pallas_ops.softmax_contrastive_loss(a, b, LOG_T, backend="interpret", block_q=24), "block_q=24"),
+    (lambda a, b: pallas_ops.softmax_pair_lse(a, b, LOG_T, self_offset=0.5, **INTERPRET), "self_offset"),
+    (lambda a, b: pallas_ops.softmax_contrastive_loss(a, b, LOG_T, backend="cuda"), "Unknown Pallas backend"),
 ])
 def test_bad_input_raises_value_error(call, match):
     zi, zt = embeddings(0, 4, 4, 8)
@@ -394,7 +404,7 @@ def test_triton_pair_primitive_on_gpu():
     if jax.default_backend() != "gpu":
         pytest.skip("needs a GPU")
     zq, zk = embeddings(12, 130, 257, 64)
-    row, col = jax.jit(lambda a, b: api.softmax_pair_lse(a, b, LOG_T, self_offset=-7))(zq, zk)
+    row, col = jax.jit(lambda a, b: pallas_ops.softmax_pair_lse(a, b, LOG_T, self_offset=-7))(zq, zk)
     ref_row, ref_col = reference.pair_logsumexp(zq, zk, LOG_T, -7)
     assert_close(row, ref_row, 1e-5)
     assert_close(col, ref_col, 1e-5)

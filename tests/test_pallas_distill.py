@@ -4,10 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.backend import BackendUnavailableError
-from pallas_kernels.distill import api
-from pallas_kernels.distill.kernel import KernelConfig, fused_kd_padded
-from pallas_kernels.distill.reference import fused_linear_kd_reference
+from pallas_kernels.backend import BackendUnavailableError, KernelConfig
+from pallas_kernels.linear_kd import pallas_ops
+from pallas_kernels.linear_kd.api import fused_linear_kd
+from pallas_kernels.linear_kd.common import KdLoss, check_fused_inputs
+from pallas_kernels.linear_kd.kernels import Static, fused_kd_padded
+from pallas_kernels.linear_kd.reference import fused_linear_kd_reference
+from test_fused_linear_kd import assert_tree_close
 
 RTOL = 1e-5
 BF16_RTOL = 2e-2  # dZ is rounded to bf16 before the gradient matmuls
@@ -22,24 +25,25 @@ def make_inputs(n, h, v, ht=6, dtype=jnp.float32, seed=0):
     }
 
 
+def kernel_loss(h_s, w_s, teacher, temp, kind="kl", beta=0.5, **kw):
+    """The Pallas loss on inputs checked as the family's `fused_linear_kd` checks them."""
+    checked = check_fused_inputs(h_s, w_s, teacher, temp, kind, beta)
+    return pallas_ops.fused_linear_kd_loss(h_s, w_s, *checked, **kw)
+
+
 def kernel_value_and_grads(student, teacher, kind, temp=2.0, beta=0.4, **kw):
     def loss(h_s, w_s):
-        return api.fused_linear_kd_loss(h_s, w_s, teacher, temp, kind=kind, beta=beta, **kw)
+        return kernel_loss(h_s, w_s, teacher, temp, kind, beta, **kw)
 
     return jax.jit(jax.value_and_grad(loss, (0, 1)))(*student)
 
 
 def reference_value_and_grads(student, teacher, kind, temp=2.0, beta=0.4):
     def loss(h_s, w_s):
-        return fused_linear_kd_reference(h_s, w_s, teacher, temp, kind, beta)
+        checked = check_fused_inputs(h_s, w_s, teacher, temp, kind, beta)
+        return fused_linear_kd_reference(h_s, w_s, *checked)
 
     return jax.jit(jax.value_and_grad(loss, (0, 1)))(*student)
-
-
-def assert_tree_close(got, want, rtol, atol_frac):
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol_frac * np.abs(w).max())
 
 
 @pytest.mark.parametrize("mode", ["logits", "hidden"])
@@ -57,11 +61,10 @@ def test_interpret_forward_only(kind):
     # Without differentiation the custom_vjp primal (forward kernel only) runs.
     student, teachers = make_inputs(5, 8, 24)
     got = jax.jit(
-        lambda h, w, t: api.fused_linear_kd_loss(
-            h, w, t, 1.5, kind=kind, beta=0.7, backend="interpret", **SMALL_BLOCKS
-        )
+        lambda h, w, t: kernel_loss(h, w, t, 1.5, kind, 0.7, backend="interpret", **SMALL_BLOCKS)
     )(*student, teachers["hidden"])
-    want = fused_linear_kd_reference(*student, teachers["hidden"], 1.5, kind, 0.7)
+    checked = check_fused_inputs(*student, teachers["hidden"], 1.5, kind, 0.7)
+    want = fused_linear_kd_reference(*student, *checked)
     np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
@@ -100,7 +103,7 @@ def test_interpret_teacher_gets_zero_gradient():
 
     def loss(w_s, logits, h_t, w_t):
         kw = dict(backend="interpret", **SMALL_BLOCKS)
-        return api.fused_linear_kd_loss(h_s, w_s, logits, 2.0, **kw) + api.fused_linear_kd_loss(
+        return kernel_loss(h_s, w_s, logits, 2.0, **kw) + kernel_loss(
             h_s, w_s, (h_t, w_t), 2.0, kind="rkl", **kw
         )
 
@@ -114,11 +117,11 @@ def test_interpret_teacher_gets_zero_gradient():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernels_lower_to_triton(kind, dtype):
     """Lowers the real (non-interpret) kernels to Triton IR; needs no GPU."""
-    cfg = KernelConfig(vocab=500, n_rows=120, temperature=2.0, kind=kind, beta=0.5,
-                       block_n=64, block_v=128, block_h=64, interpret=False)
+    cfg = KernelConfig(driver="loop", interpret=False, block_q=64, block_k=128, block_h=64)
+    st = Static(KdLoss(2.0, kind, 0.5), n_rows=120, vocab=500, cfg=cfg)
     structs = (jax.ShapeDtypeStruct((128, 192), dtype), jax.ShapeDtypeStruct((192, 512), dtype),
                (jax.ShapeDtypeStruct((128, 64), dtype), jax.ShapeDtypeStruct((64, 512), dtype)))
-    fn = jax.jit(jax.value_and_grad(lambda h, w, t: fused_kd_padded(h, w, t, cfg), (0, 1)))
+    fn = jax.jit(jax.value_and_grad(lambda h, w, t: fused_kd_padded(h, w, t, st), (0, 1)))
     try:
         text = fn.trace(*structs).lower(lowering_platforms=("cuda",)).as_text()
     except (ImportError, RuntimeError) as err:  # no CUDA lowering support in this jaxlib
@@ -130,17 +133,17 @@ def test_backend_errors():
     student, teachers = make_inputs(4, 4, 16)
     if jax.default_backend() == "cpu":
         with pytest.raises(BackendUnavailableError):
-            api.fused_linear_kd_loss(*student, teachers["logits"], 2.0)
+            kernel_loss(*student, teachers["logits"], 2.0)
     with pytest.raises(BackendUnavailableError):
-        api.fused_linear_kd_loss(*student, teachers["logits"], 2.0, backend="mosaic_tpu")
+        kernel_loss(*student, teachers["logits"], 2.0, backend="mosaic_tpu")
     with pytest.raises(ValueError, match="block_v"):
-        api.fused_linear_kd_loss(*student, teachers["logits"], 2.0, backend="interpret", block_v=0)
+        kernel_loss(*student, teachers["logits"], 2.0, backend="interpret", block_v=0)
     with pytest.raises(ValueError, match="power of two"):
-        api._block("block_n", 48, 100, "triton")  # pylint: disable=protected-access
+        pallas_ops._block("block_n", 48, 100, "triton")  # pylint: disable=protected-access
     with pytest.raises(ValueError, match="kind"):
-        api.fused_linear_kd_loss(*student, teachers["logits"], 2.0, kind="ce", backend="interpret")
+        fused_linear_kd(*student, teachers["logits"], 2.0, kind="ce", impl="pallas", backend="interpret")
     with pytest.raises(ValueError, match="teacher logits"):
-        api.fused_linear_kd_loss(*student, teachers["logits"][:3], 2.0, backend="interpret")
+        fused_linear_kd(*student, teachers["logits"][:3], 2.0, impl="pallas", backend="interpret")
 
 
 # ----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxsup.losses import dispatch
-from jaxsup.losses import distributed as D
+from pallas_kernels import dispatch
+from pallas_kernels.contrastive.ring import ring_loss
 from test_contrastive_distributed import SHARDED, mesh
 from test_contrastive_losses import LOSSES, assert_close, normalised_pair, run
 
@@ -81,8 +81,9 @@ def test_ring_function_with_pallas_blocks_in_user_shard_map():
     x, y, log_t, b = sharded_args("sigmoid", 16, 8)
 
     def per_device(x_blk, y_blk, log_t, b):
-        loss, _ = D.ring_sigmoid_contrastive(
-            x_blk, y_blk, log_t, b, "data", tile=2, block_impl="pallas", backend="interpret"
+        loss, _ = ring_loss(
+            "sigmoid", x_blk, y_blk, (log_t, b), "data", tile=2, block_impl="pallas",
+            backend="interpret",
         )
         return loss[None]
 
@@ -117,7 +118,7 @@ def test_auto_backend_on_cpu_raises_in_ring_function():
     x, y, tau = sharded_args("nt_xent", 8, 4)
 
     def per_device(x_blk, y_blk):
-        return D.ring_nt_xent(x_blk, y_blk, tau, "data", block_impl="pallas")[0]
+        return ring_loss("nt_xent", x_blk, y_blk, (tau,), "data", block_impl="pallas")[0]
 
     mapped = jax.shard_map(per_device, mesh=mesh((8,)), in_specs=(P("data"), P("data")),
                            out_specs=P(), check_vma=False)
@@ -127,13 +128,13 @@ def test_auto_backend_on_cpu_raises_in_ring_function():
 
 @on_cpu
 def test_fallback_warns_once_and_equals_chunked_ring(caplog, monkeypatch):
-    """One loss: the fallback is decided in the shared `_sharded` / `ring_blocks`."""
+    """One loss: the fallback is decided once, in `ring.sharded_loss` / `ring_blocks`."""
     monkeypatch.setattr(dispatch, "_warned", set())
     name = "softmax"
     args = sharded_args(name, 16, 8)
     want, _, _ = traced_loss_metrics_grads(name, args, (8,), tile=2, block_impl="chunked")
     fallback = dict(tile=2, block_impl="pallas", fallback=True)
-    with caplog.at_level(logging.WARNING, logger="jaxsup"):
+    with caplog.at_level(logging.WARNING, logger="pallas_kernels"):
         got, jaxpr, _ = traced_loss_metrics_grads(name, args, (8,), **fallback)
         jax.eval_shape(lambda *a: SHARDED[name](*a, mesh=mesh((8,)), **fallback), *args)
     warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
@@ -145,10 +146,9 @@ def test_fallback_warns_once_and_equals_chunked_ring(caplog, monkeypatch):
 def test_bad_block_impl_or_backend_raises_value_error():
     args = sharded_args("softmax", 8, 4)
     with pytest.raises(ValueError, match="Unknown impl 'triton'.*'chunked', 'pallas'"):
-        D.sharded_softmax_contrastive(*args, mesh=mesh((8,)), block_impl="triton")
+        SHARDED["softmax"](*args, mesh=mesh((8,)), block_impl="triton")
     with pytest.raises(ValueError, match="Unknown Pallas backend 'cuda'"):
-        D.sharded_softmax_contrastive(*args, mesh=mesh((8,)), block_impl="pallas",
-                                      backend="cuda")
+        SHARDED["softmax"](*args, mesh=mesh((8,)), block_impl="pallas", backend="cuda")
 
 
 @pytest.mark.gpu

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pallas_kernels.distill import common
-from pallas_kernels.distill.reference import kd_divergence_rows
+from pallas_kernels.linear_kd import common
+from pallas_kernels.linear_kd.reference import kd_divergence_rows
 
 
 def _weighted_mean(rows: jax.Array, weights: jax.Array | None) -> jax.Array:
@@ -62,10 +62,7 @@ def kd_loss(
 
 
 def kd_kl(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    temperature: Any,
-    *,
+    student_logits: jax.Array, teacher_logits: jax.Array, temperature: Any, *,
     weights: jax.Array | None = None,
 ) -> jax.Array:
     """Hinton KD: `T^2 KL(softmax(t/T) || softmax(s/T))`, mean over N; logits [N, K]."""
@@ -73,10 +70,7 @@ def kd_kl(
 
 
 def kd_reverse_kl(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    temperature: Any,
-    *,
+    student_logits: jax.Array, teacher_logits: jax.Array, temperature: Any, *,
     weights: jax.Array | None = None,
 ) -> jax.Array:
     """`T^2 KL(softmax(s/T) || softmax(t/T))`, mean over N; logits [N, K]."""

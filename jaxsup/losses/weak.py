@@ -35,19 +35,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxsup.losses.distill import soft_ce
-from pallas_kernels.distill.common import check_unit_interval
+from pallas_kernels.linear_kd.common import check_logit_pair, check_unit_interval
 
 
 def check_weak_pair(logits: jax.Array, weak_probs: jax.Array) -> None:
     """Raises ValueError unless logits and weak_probs are both [B, K] with K >= 2."""
-    l_shape, w_shape = jnp.shape(logits), jnp.shape(weak_probs)
-    if len(l_shape) != 2 or l_shape != w_shape:
-        raise ValueError(
-            f"Student logits {l_shape} and weak labels {w_shape} must both be [B, K] with the same "
-            "batch size B and number of classes K."
-        )
-    if l_shape[1] < 2:
-        raise ValueError(f"Weak-to-strong losses need K >= 2 classes, got logits {l_shape}.")
+    check_logit_pair(logits, weak_probs, ("Student logits", "weak labels"),
+                     "[B, K] with the same batch size B and number of classes K")
+    if jnp.shape(logits)[1] < 2:
+        raise ValueError(f"Weak-to-strong losses need K >= 2 classes, got logits {jnp.shape(logits)}.")
 
 
 def aux_alpha(step: Any, total_steps: int, aux_coef: float, warmup_frac: float) -> jax.Array:

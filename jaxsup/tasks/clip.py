@@ -4,16 +4,18 @@ Model: `config.model_name = "two_tower"` with `config.model` its kwargs (image
 and text towers, embed_dim); the task sets the model's `loss` from
 `config.clip.loss`. Batch: {"image": [B, H, W, C] float, "tokens": [B, L] int32}.
 
-config.clip fields:
+config.clip fields (defaults in jaxsup.config):
   loss: "softmax" (CLIP) | "sigmoid" (SigLIP)
-  impl: "reference" | "chunked" | "pallas" (jaxsup.losses.contrastive) | "ring"
-        (jaxsup.losses.distributed: a device ring over mesh axis `axis`)
+  impl: "reference" | "chunked" | "pallas" | "ring" (jaxsup.losses.contrastive; "ring":
+        a device ring over mesh axis `axis`)
   tile: column tile of the chunked / ring paths
   fallback: impl="pallas" on a backend it cannot run on warns and uses "chunked"
   axis: the mesh axis the ring runs over ("data")
   block_impl: "chunked" | "pallas": the per-device block math of impl="ring"
   grad_cache_micro_batches: k > 1 computes the full-batch loss GradCache-style
         (jaxsup.losses.gradcache): activations of one micro-batch of B/k at a time
+  tokenizer: "" or a SentencePiece model path whose vocabulary size becomes the
+        text tower's vocab_size (set text_kwargs.vocab_size to 0)
 
 predict(batch) outputs (each only when its input is in the batch, so a batch
 with only "tokens" runs only the text tower):
@@ -30,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxsup import registry, sharding
 from jaxsup.data.tokenizer import get_tokenizer
 from jaxsup.errors import ConfigError, DataError
-from jaxsup.losses import contrastive, distributed, gradcache
+from jaxsup.losses import contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches
 from jaxsup.models.two_tower import LOSS_TYPES
 from jaxsup.tasks.base import Batch, DataInfo, Task
@@ -41,17 +43,11 @@ def contrastive_image_text_loss(
     zimg: jax.Array, ztxt: jax.Array, out: dict[str, Any], opts: dict[str, Any], mesh
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The configured CLIP (softmax) or SigLIP (sigmoid) loss of zimg, ztxt [B, E]."""
-    log_t = out["log_t"]
-    if opts["impl"] == "ring":
-        ring = dict(mesh=mesh, axis=opts["axis"], tile=opts["tile"], block_impl=opts["block_impl"],
-                    fallback=opts["fallback"])
-        if opts["loss"] == "softmax":
-            return distributed.sharded_softmax_contrastive(zimg, ztxt, log_t, **ring)
-        return distributed.sharded_sigmoid_contrastive(zimg, ztxt, log_t, out["bias"], **ring)
-    local = dict(impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"])
+    kw = dict(impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"], mesh=mesh, axis=opts["axis"],
+              block_impl=opts["block_impl"])
     if opts["loss"] == "softmax":
-        return contrastive.softmax_contrastive(zimg, ztxt, log_t, **local)
-    return contrastive.sigmoid_contrastive(zimg, ztxt, log_t, out["bias"], **local)
+        return contrastive.softmax_contrastive(zimg, ztxt, out["log_t"], **kw)
+    return contrastive.sigmoid_contrastive(zimg, ztxt, out["log_t"], out["bias"], **kw)
 
 
 def text_vocab(model_kwargs: dict[str, Any], tokenizer: str) -> dict[str, Any]:

@@ -24,11 +24,11 @@ from jaxsup import checkpoint, registry, sharding
 from jaxsup.data import augment
 from jaxsup.errors import ConfigError
 from jaxsup.losses.classification import classification_metrics
+from jaxsup.losses.contrastive import CONTRASTIVE_IMPLS
 from jaxsup.tasks.base import Batch, DataInfo, Task
 
 Variables = dict[str, Any]
 AUGMENTS = ("none", "crop", "simclr")
-CONTRASTIVE_IMPLS = ("reference", "chunked", "pallas", "ring")  # TODO(spine): from jaxsup.losses.contrastive
 
 
 # ------------------------------------------------------------------ models

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxsup import registry
 from jaxsup.data.augment import simclr_augment
-from jaxsup.losses import contrastive, distributed
+from jaxsup.losses import contrastive
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.models.two_tower import l2_normalize
 from jaxsup.tasks.base import Batch, DataInfo, Task
@@ -37,9 +37,8 @@ from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive
 
 def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
     """NT-Xent of the views z1, z2 [N, E] with the configured implementation."""
-    if opts["impl"] == "ring":
-        return distributed.sharded_nt_xent(z1, z2, opts["tau"], mesh=mesh, axis=opts["axis"], tile=opts["tile"])
-    return contrastive.nt_xent(z1, z2, opts["tau"], impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"])
+    return contrastive.nt_xent(z1, z2, opts["tau"], impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"],
+                               mesh=mesh, axis=opts["axis"])
 
 
 @registry.register("task", "simclr")

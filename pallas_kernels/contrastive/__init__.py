@@ -1,26 +1,18 @@
-"""Fused, tiled contrastive losses (CLIP softmax, SigLIP sigmoid, SimCLR NT-Xent)
-as Pallas kernels, plus the block primitives a device ring combines.
+"""Contrastive losses (CLIP softmax, SigLIP sigmoid, SimCLR NT-Xent), every
+implementation in one place; `api.py` chooses among them (`impl=`).
 
-See `api.py` for the contract; `reference.py` is the plain-jnp ground truth.
+  reference.py    plain jnp over the full logits: the ground truth
+  tiles.py        per-tile math: online statistics (XLA) and kernel tile families
+  chunked_xla.py  lax.scan over column tiles (block math `ScanBlocks`)
+  blockwise.py    custom_vjp losses over a sweep of blocks (chunked and ring)
+  ring.py         device ring: shard_map + ppermute over one mesh axis
+  kernels.py      Pallas kernels (Triton / interpret loop, Mosaic TPU grid)
+  primitives.py   the kernels as differentiable padded block primitives
+  pallas_ops.py   the Pallas losses and ring block primitives (backend, blocks)
+  common.py       the three losses' static facts and input checks
+  api.py          softmax_contrastive, sigmoid_contrastive, nt_xent
 """
-from pallas_kernels.contrastive.api import (
-    kernel_config,
-    nt_xent_loss,
-    sigmoid_contrastive_loss,
-    sigmoid_pair_row_sums,
-    sigmoid_pair_row_sums_backward,
-    softmax_contrastive_loss,
-    softmax_pair_lse,
-    softmax_pair_lse_backward,
-)
+from pallas_kernels.contrastive.api import IMPLS, nt_xent, sigmoid_contrastive, softmax_contrastive
+from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
 
-__all__ = [
-    "kernel_config",
-    "nt_xent_loss",
-    "sigmoid_contrastive_loss",
-    "sigmoid_pair_row_sums",
-    "sigmoid_pair_row_sums_backward",
-    "softmax_contrastive_loss",
-    "softmax_pair_lse",
-    "softmax_pair_lse_backward",
-]
+__all__ = ["DEFAULT_TILE", "IMPLS", "nt_xent", "sigmoid_contrastive", "softmax_contrastive"]

@@ -17,17 +17,15 @@ on-chip memory; no [Bq, Bk] array ever exists in device memory.
   [rows, 128] lane-replicated, column statistics [8, cols].
 
 Callers pass operands already padded (see `primitives.py`): rows to a multiple
-of lcm(block_q, block_k), D to `KernelConfig.padded_dim`. `n_q` / `n_k` give
-the real sizes; padded cells are masked out of every sum.
+of lcm(block_q, block_k), D to `KernelConfig.padded_dim` (`pallas_kernels.backend`).
+`n_q` / `n_k` give the real sizes; padded cells are masked out of every sum.
 
 Scalars (`scale`, `bias` as f32[2]; the diagonal `offset` as int32[1]) are
 runtime inputs, so a ring can pass a traced offset per step.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -37,51 +35,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.backend import KernelConfig
+
 _NT_DIMS = (((1,), (1,)), ((), ()))  # zq [bq, D] . zk [bk, D] -> [bq, bk]
 _NN_DIMS = (((1,), (0,)), ((), ()))  # w [bq, bk] . zk [bk, D] -> [bq, D]
-TPU_LANES = 128
-TPU_SUBLANES = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelConfig:
-    """How the kernels run (hashable: it is a static argument).
-
-    Attributes:
-      driver: "loop" (Triton / interpret) or "grid" (Mosaic TPU).
-      interpret: run with `interpret=True` (CPU; slow, for tests).
-      block_q: rows of zq per program.
-      block_k: rows of zk per inner step.
-      num_warps, num_stages: Triton launch parameters (None: a heuristic).
-    """
-
-    driver: str
-    interpret: bool
-    block_q: int
-    block_k: int
-    num_warps: int | None = None
-    num_stages: int | None = None
-
-    @property
-    def vec_lanes(self) -> int:
-        """Width W of the per-row statistic arrays [rows, W]."""
-        return TPU_LANES if self.driver == "grid" else 1
-
-    @property
-    def vec_sublanes(self) -> int:
-        """Height of the per-column statistic arrays [height, cols]."""
-        return TPU_SUBLANES if self.driver == "grid" else 1
-
-    @property
-    def row_multiple(self) -> int:
-        """Both operands' rows are padded to a multiple of this."""
-        return math.lcm(self.block_q, self.block_k)
-
-    def padded_dim(self, d: int) -> int:
-        """Feature dim after zero padding: 128-multiple on TPU, power of 2 >= 16 on Triton."""
-        if self.driver == "grid":
-            return -(-d // TPU_LANES) * TPU_LANES
-        return max(16, pl.next_power_of_2(d))
 
 
 class _Geometry(NamedTuple):

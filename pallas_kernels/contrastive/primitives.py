@@ -17,8 +17,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.backend import KernelConfig
 from pallas_kernels.contrastive import tiles as tiles_lib
-from pallas_kernels.contrastive.kernels import KernelConfig, row_grad, row_reduce
+from pallas_kernels.contrastive.kernels import row_grad, row_reduce
 
 
 def _pad(z: jax.Array, cfg: KernelConfig) -> jax.Array:
@@ -75,7 +76,7 @@ def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offs
     """Gradients of `sum g_row * row_lse + sum g_col * col_lse` -> (dzq, dzk, dlog_t).
 
     `row_lse` / `col_lse` must be the LSEs the cotangents refer to: a block's
-    own, or the final ones after combining blocks (see api.py, "Ring use").
+    own, or the final ones after combining blocks (see pallas_ops.py, "Ring use").
     """
     n_q, n_k = zq.shape[0], zk.shape[0]
     zq_p, zk_p, scal, off = _pad(zq, cfg), _pad(zk, cfg), _scalars(log_t), _offset(offset)

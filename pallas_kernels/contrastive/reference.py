@@ -1,22 +1,30 @@
-"""Ground truth for the contrastive kernels: plain jnp, full matrices, f32.
+"""Ground truth of the contrastive losses: plain jnp over the full logit matrix.
 
-Every function here materialises the [Bq, Bk] logit matrix; the Pallas
-kernels must agree with them to f32 rounding. Matmuls use HIGHEST precision
-so the comparison does not depend on the platform's default (TF32 on GPUs,
-bf16 passes on TPUs).
+Every function here materialises the [Bq, Bk] logits; the other
+implementations (chunked, ring, Pallas) must agree with them to f32 rounding.
+Products accumulate in f32 (bf16 inputs: exact products). Matmuls default to
+HIGHEST precision, so the comparison does not depend on the platform's default
+(TF32 on GPUs, bf16 passes on TPUs); impl="reference" (`api.py`), a training
+path, passes `precision=None`: the platform default.
+
+  softmax_contrastive, sigmoid_contrastive, nt_xent -> (loss, metrics)
+  pair_logsumexp, sigmoid_pair_row_sums: one block of a ring (Pallas primitives)
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-_HIGHEST = jax.lax.Precision.HIGHEST
+F32 = jnp.float32
+HIGHEST = lax.Precision.HIGHEST
+Metrics = dict[str, jax.Array]
+Precision = lax.Precision | None
 
 
-def similarity(zq: jax.Array, zk: jax.Array) -> jax.Array:
+def similarity(zq: jax.Array, zk: jax.Array, precision: Precision = HIGHEST) -> jax.Array:
     """Dot products in f32: [Bq, D] x [Bk, D] -> [Bq, Bk]."""
-    zq, zk = zq.astype(jnp.float32), zk.astype(jnp.float32)
-    return jnp.matmul(zq, zk.T, precision=_HIGHEST)
+    return jnp.matmul(zq, zk.T, precision=precision, preferred_element_type=F32)
 
 
 def diagonal_mask(n_rows: int, n_cols: int, offset: jax.Array | int | None) -> jax.Array:
@@ -26,6 +34,10 @@ def diagonal_mask(n_rows: int, n_cols: int, offset: jax.Array | int | None) -> j
     rows = jnp.arange(n_rows)[:, None]
     cols = jnp.arange(n_cols)[None, :]
     return cols - rows == offset
+
+
+def _top1(argmax: jax.Array, target: jax.Array) -> jax.Array:
+    return jnp.mean((argmax == target).astype(F32))
 
 
 def pair_logsumexp(
@@ -46,6 +58,12 @@ def pair_logsumexp(
     return jax.nn.logsumexp(logits, axis=1), jax.nn.logsumexp(logits, axis=0)
 
 
+def _sigmoid_row_sums(logits: jax.Array, positive_offset: jax.Array | int | None) -> jax.Array:
+    """Per-row `sum_j -log sigmoid(y_ij logits_ij)`, y = +1 on the offset diagonal."""
+    labels = jnp.where(diagonal_mask(*logits.shape, positive_offset), 1.0, -1.0)
+    return -jnp.sum(jax.nn.log_sigmoid(labels * logits), axis=1)
+
+
 def sigmoid_pair_row_sums(
     zq: jax.Array,
     zk: jax.Array,
@@ -57,43 +75,72 @@ def sigmoid_pair_row_sums(
 
     `y_ij = +1` where `j - i == positive_offset`, `-1` elsewhere (None: all -1).
     """
-    logits = jnp.exp(log_t) * similarity(zq, zk) + b
-    labels = jnp.where(diagonal_mask(*logits.shape, positive_offset), 1.0, -1.0)
-    return -jnp.sum(jax.nn.log_sigmoid(labels * logits), axis=1)
+    return _sigmoid_row_sums(jnp.exp(log_t) * similarity(zq, zk) + b, positive_offset)
 
 
-def softmax_contrastive_loss(zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array) -> jax.Array:
-    """CLIP loss: `0.5 (CE(S, diag) + CE(S^T, diag))`, `S = exp(log_t) zimg ztxt^T`.
+def softmax_contrastive(
+    zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array, precision: Precision = HIGHEST
+) -> tuple[jax.Array, Metrics]:
+    """CLIP loss `0.5 (CE(S, diag) + CE(S^T, diag))`, `S = exp(log_t) zimg ztxt^T`.
 
-    zimg, ztxt: [B, D]. Returns an f32 scalar.
+    zimg, ztxt: [B, D]. Returns (f32 scalar, metrics without gradient:
+    mean_positive_logit, img2txt_top1, txt2img_top1).
     """
-    logits = jnp.exp(log_t) * similarity(zimg, ztxt)
+    logits = jnp.exp(log_t) * similarity(zimg, ztxt, precision)
     positives = jnp.diagonal(logits)
     row_loss = jax.nn.logsumexp(logits, axis=1) - positives
     col_loss = jax.nn.logsumexp(logits, axis=0) - positives
-    return 0.5 * (jnp.mean(row_loss) + jnp.mean(col_loss))
+    loss = 0.5 * (jnp.mean(row_loss) + jnp.mean(col_loss))
+    logits, ids = lax.stop_gradient(logits), jnp.arange(logits.shape[0])
+    return loss, {
+        "mean_positive_logit": jnp.mean(jnp.diagonal(logits)),
+        "img2txt_top1": _top1(jnp.argmax(logits, 1), ids),
+        "txt2img_top1": _top1(jnp.argmax(logits, 0), ids),
+    }
 
 
-def sigmoid_contrastive_loss(
-    zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array, b: jax.Array
-) -> jax.Array:
+def sigmoid_contrastive(
+    zimg: jax.Array, ztxt: jax.Array, log_t: jax.Array, b: jax.Array,
+    precision: Precision = HIGHEST,
+) -> tuple[jax.Array, Metrics]:
     """SigLIP loss `-(1/B) sum_ij log sigmoid(y_ij (exp(log_t) zimg_i.ztxt_j + b))`.
 
-    zimg, ztxt: [B, D]; y = +1 on the diagonal, -1 elsewhere. f32 scalar.
+    zimg, ztxt: [B, D]; y = +1 on the diagonal, -1 elsewhere. Returns (f32
+    scalar, metrics: mean_positive_logit, mean_negative_logit (nan if B == 1),
+    img2txt_top1; logits including the bias).
     """
-    return jnp.sum(sigmoid_pair_row_sums(zimg, ztxt, log_t, b, 0)) / zimg.shape[0]
+    n = zimg.shape[0]
+    logits = jnp.exp(log_t) * similarity(zimg, ztxt, precision) + b
+    loss = jnp.sum(_sigmoid_row_sums(logits, 0)) / n
+    logits, eye = lax.stop_gradient(logits), jnp.eye(n, dtype=bool)
+    return loss, {
+        "mean_positive_logit": jnp.mean(jnp.diagonal(logits)),
+        "mean_negative_logit": jnp.sum(jnp.where(eye, 0.0, logits)) / (n * (n - 1)),
+        "img2txt_top1": _top1(jnp.argmax(logits, 1), jnp.arange(n)),
+    }
 
 
-def nt_xent_loss(z1: jax.Array, z2: jax.Array, tau: jax.Array | float) -> jax.Array:
+def nt_xent(
+    z1: jax.Array, z2: jax.Array, tau: jax.Array | float, precision: Precision = HIGHEST
+) -> tuple[jax.Array, Metrics]:
     """SimCLR NT-Xent over the 2N views `[z1; z2]` ([N, D] each), logits `s / tau`.
 
     For view k the positive is its twin (k +/- N); self-similarity is excluded
-    from the denominator. Returns the mean over the 2N views, f32 scalar.
+    from the denominator. Returns (the mean over the 2N views, f32 scalar;
+    metrics: mean_positive_logit, top1 (argmax over j != k is the twin)).
     """
     n = z1.shape[0]
     z = jnp.concatenate([z1, z2], axis=0)
-    logits = similarity(z, z) / tau
+    logits = similarity(z, z, precision) / tau
     logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
-    twins = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    twins = (jnp.arange(2 * n) + n) % (2 * n)
     positives = logits[jnp.arange(2 * n), twins]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
+    loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
+    logits = lax.stop_gradient(logits)
+    return loss, {
+        "mean_positive_logit": jnp.mean(logits[jnp.arange(2 * n), twins]),
+        "top1": _top1(jnp.argmax(logits, 1), twins),
+    }
+
+
+REFERENCE = {"softmax": softmax_contrastive, "sigmoid": sigmoid_contrastive, "nt_xent": nt_xent}

@@ -1,15 +1,18 @@
-"""Per-tile math of the two loss families, shared by every kernel driver.
+"""Per-tile math of the contrastive losses, shared by every implementation.
 
-A tile is `logits [bq, bk] = scale * zq_tile zk_tile^T + bias` (f32) with
-`valid [bq, bk]` (False on padded rows/columns) and `diag [bq, bk]` (the
-cells with `col - row == offset`, or None when no offset was given).
+Online statistics (the XLA paths: `chunked_xla.py`, `ring.py`): per row (or
+column) a running max, sum of exp(logit - max) and global argmax (`MaxStats`),
+merged one [rows, tile] logit tile at a time (`merge_tile`) or one block's
+log-sum-exp at a time (`merge_lse`). Masked logits are -inf; arrays are f32.
 
-Row statistics are `[bq, W]` arrays whose W lanes all hold the same value:
-W = 1 on Triton and in interpret mode, W = 128 on TPU (Mosaic keeps per-row
-state lane-replicated, as its flash attention does). `widen` tiles them to
-`[bq, bk]`. Column statistics arrive as `[1, bk]` and broadcast directly.
-
-Each family provides:
+Kernel tile families (the Pallas kernels, `kernels.py`): a tile is
+`logits [bq, bk] = scale * zq_tile zk_tile^T + bias` (f32) with `valid
+[bq, bk]` (False on padded rows/columns) and `diag [bq, bk]` (the cells with
+`col - row == offset`, or None when no offset was given). Row statistics are
+`[bq, W]` arrays whose W lanes all hold the same value: W = 1 on Triton and in
+interpret mode, W = 128 on TPU (Mosaic keeps per-row state lane-replicated,
+as its flash attention does). `widen` tiles them to `[bq, bk]`. Column
+statistics arrive as `[1, bk]` and broadcast directly. Each family provides:
   fwd_init(shape) -> carry;  fwd_update(carry, logits, valid, diag) -> carry;
   fwd_finalize(carry) -> [bq, W] row result;
   bwd_weight(logits, valid, diag, q_vecs, k_vecs) -> dLoss/dlogits [bq, bk];
@@ -18,9 +21,90 @@ Each family provides:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+F32 = jnp.float32
+
+
+# ------------------------------------------------------------ online statistics (XLA)
+
+
+class MaxStats(NamedTuple):
+    """Online statistics of the logits seen so far along one axis, each [n].
+
+    max: running maximum (-inf before any unmasked logit).
+    sumexp: sum of exp(logit - max) (unused, zero, for max-only passes).
+    argmax: int32 global index of the first maximum.
+    """
+
+    max: jax.Array
+    sumexp: jax.Array
+    argmax: jax.Array
+
+
+def init_stats(n: int, like: jax.Array) -> MaxStats:
+    """Empty statistics for n rows (or columns).
+
+    Arrays are made `like` an input embedding so that, inside `shard_map`,
+    they vary over the same mesh axes as the values later merged into them.
+    """
+    return MaxStats(
+        jnp.full_like(like, -jnp.inf, F32, shape=(n,)),
+        jnp.zeros_like(like, F32, shape=(n,)),
+        jnp.zeros_like(like, jnp.int32, shape=(n,)),
+    )
+
+
+def zeros_like_f32(like: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
+    """f32 zeros of `shape`, varying over the same mesh axes as `like`."""
+    return jnp.zeros_like(like, F32, shape=shape)
+
+
+def _finite_or_zero(x: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def stats_lse(stats: MaxStats) -> jax.Array:
+    """Log-sum-exp [n] of all logits merged into `stats`."""
+    return _finite_or_zero(stats.max) + jnp.log(stats.sumexp)
+
+
+def merge_tile(
+    stats: MaxStats, s: jax.Array, axis: int, index_offset: jax.Array, with_sumexp: bool
+) -> MaxStats:
+    """Merges the logits `s` (reduced along `axis`) into running statistics.
+
+    `index_offset` turns a position along `axis` into a global index. Ties keep
+    the earlier maximum, as `jnp.argmax` does on the full matrix.
+    """
+    tile_max = jnp.max(s, axis=axis)
+    tile_arg = jnp.argmax(s, axis=axis).astype(jnp.int32) + index_offset
+    new_max = jnp.maximum(stats.max, tile_max)
+    argmax = jnp.where(tile_max > stats.max, tile_arg, stats.argmax)
+    sumexp = stats.sumexp
+    if with_sumexp:
+        shift = _finite_or_zero(new_max)
+        sumexp = sumexp * jnp.exp(stats.max - shift) + jnp.sum(
+            jnp.exp(s - jnp.expand_dims(shift, axis)), axis=axis
+        )
+    return MaxStats(new_max, sumexp, argmax)
+
+
+def merge_lse(stats: MaxStats, block: MaxStats, block_lse: jax.Array) -> MaxStats:
+    """Merges a block of logits, given as its log-sum-exp `block_lse` [n] and
+    its max / argmax `block` (a max-only pass), into running statistics."""
+    new_max = jnp.maximum(stats.max, block.max)
+    shift = _finite_or_zero(new_max)
+    sumexp = stats.sumexp * jnp.exp(stats.max - shift) + jnp.exp(block_lse - shift)
+    argmax = jnp.where(block.max > stats.max, block.argmax, stats.argmax)
+    return MaxStats(new_max, sumexp, argmax)
+
+
+# ------------------------------------------------------------ kernel tile families (Pallas)
 
 # Finite "minus infinity": exp(MASK - m) underflows to 0 without inf - inf NaNs.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)

@@ -1,4 +1,4 @@
-"""Shared pieces of the distillation losses: input checks and per-tile math.
+"""Per-tile math of fused linear KD, shared by the chunked scan and the Pallas kernels.
 
 Notation (all f32): `s = student_logits / T`, `t = teacher_logits / T`,
 `lq = s - LSE(s)`, `lp = t - LSE(t)`, `q = exp(lq)` (student), `p = exp(lp)`
@@ -10,8 +10,8 @@ Notation (all f32): `s = student_logits / T`, `t = teacher_logits / T`,
   are the two KLs: with `m = beta p + (1 - beta) q`,
   `JSD_beta = [beta KL(p || m) + (1 - beta) KL(q || m)] / (beta (1 - beta))`.
   As beta -> 0 it tends to `KL(p || q)`, as beta -> 1 to `KL(q || p)`; at
-  beta = 0 and 1 it is defined as those limits (`resolve_kind`). It is the
-  GKD (Agarwal et al.) JSD(beta) divided by `beta (1 - beta)`.
+  beta = 0 and 1 it is defined as those limits (`common.resolve_kind`). It is
+  the GKD (Agarwal et al.) JSD(beta) divided by `beta (1 - beta)`.
   d/ds = `q (lq - lm - KL(q || m)) / beta`.
 
 The tile functions take `[n, v]` tiles of scaled logits and `[n]` row
@@ -22,95 +22,10 @@ runs inside `lax.scan` bodies and inside Pallas (Triton) kernels. Invalid
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-KINDS = ("kl", "rkl", "jsd")
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def check_temperature(temperature: Any) -> None:
-    """Raises ValueError if a concrete temperature is not a finite number > 0."""
-    if _is_concrete(temperature):
-        value = float(temperature)
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"Temperature T must be a finite number > 0, got {temperature!r}.")
-
-
-def check_unit_interval(name: str, value: Any) -> None:
-    """Raises ValueError if a concrete `value` lies outside [0, 1]."""
-    if _is_concrete(value) and not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}.")
-
-
-def resolve_kind(kind: str, beta: float) -> tuple[str, float]:
-    """Validates `kind`/`beta`; maps jsd with beta 0 (1) to "kl" ("rkl")."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown divergence kind {kind!r}; expected one of {KINDS}.")
-    if kind != "jsd":
-        return kind, float(beta)
-    if not _is_concrete(beta):
-        raise ValueError("beta must be a static Python number for kind='jsd'.")
-    check_unit_interval("beta", beta)
-    beta = float(beta)
-    if beta == 0.0:
-        return "kl", beta
-    if beta == 1.0:
-        return "rkl", beta
-    return "jsd", beta
-
-
-def check_logit_pair(student_logits: jax.Array, teacher_logits: jax.Array) -> None:
-    """Raises ValueError unless both are [N, K] with the same shape."""
-    s_shape, t_shape = jnp.shape(student_logits), jnp.shape(teacher_logits)
-    if len(s_shape) != 2 or s_shape != t_shape:
-        raise ValueError(
-            f"student logits {s_shape} and teacher logits {t_shape} must both be "
-            "[N, K] with the same N and number of classes K."
-        )
-
-
-def check_fused_inputs(
-    h_s: jax.Array, w_s: jax.Array, teacher: Any, temperature: Any
-) -> tuple[jax.Array, ...]:
-    """Validates fused-linear-KD inputs; returns the teacher as a tuple.
-
-    Returns `(teacher_logits,)` or `(h_t, w_t)`. Shapes: h_s [N, H], w_s [H, V],
-    teacher logits [N, V] or h_t [N, Ht] and w_t [Ht, V]. T must be static.
-    """
-    if jnp.ndim(h_s) != 2 or jnp.ndim(w_s) != 2 or h_s.shape[1] != w_s.shape[0]:
-        raise ValueError(
-            f"h_s {jnp.shape(h_s)} must be [N, H] and W_s {jnp.shape(w_s)} must be [H, V] "
-            "with the same H."
-        )
-    n, v = h_s.shape[0], w_s.shape[1]
-    if not _is_concrete(temperature):
-        raise ValueError("Temperature T must be a static Python number for fused linear KD.")
-    check_temperature(temperature)
-    if isinstance(teacher, (tuple, list)):
-        if len(teacher) != 2:
-            raise ValueError(f"teacher tuple must be (h_t, W_t), got {len(teacher)} items.")
-        h_t, w_t = teacher
-        if (
-            jnp.ndim(h_t) != 2 or jnp.ndim(w_t) != 2
-            or h_t.shape[0] != n or w_t.shape != (h_t.shape[1], v)
-        ):
-            raise ValueError(
-                f"teacher h_t {jnp.shape(h_t)} must be [N={n}, Ht] and W_t {jnp.shape(w_t)} "
-                f"must be [Ht, V={v}] (student h_s {h_s.shape}, W_s {w_s.shape})."
-            )
-        return (h_t, w_t)
-    if jnp.shape(teacher) != (n, v):
-        raise ValueError(
-            f"teacher logits {jnp.shape(teacher)} must be [N, V] = {(n, v)} to match "
-            f"student h_s {h_s.shape} @ W_s {w_s.shape}."
-        )
-    return (teacher,)
 
 
 # ----------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Tile math of the chunked contrastive losses: a `lax.scan` over column tiles.
+"""The chunked XLA block math: a `lax.scan` over column tiles (no [Ba, Bc] array).
 
 Shapes: row embeddings `a` [Ba, D], column embeddings `c` [Bc, D], logits
-`S = scale * a @ c.T` [Ba, Bc], seen one column tile [Ba, tile] at a time, so
-no [Ba, Bc] array exists. Tiles are sliced inside the scan body with
-`lax.dynamic_slice_in_dim` (no transposed copy of c); c is zero padded to a
-tile multiple and the padding masked.
+`S = scale * a @ c.T` [Ba, Bc], seen one column tile [Ba, tile] at a time.
+Tiles are sliced inside the scan body with `lax.dynamic_slice_in_dim` (no
+transposed copy of c); c is zero padded to a tile multiple and the padding
+masked.
 
 - `lse_forward` / `lse_backward`: online log-sum-exp per row (running max)
   and, optionally, per column (each tile holds whole columns; a column's
@@ -12,6 +12,10 @@ tile multiple and the padding masked.
   backward recomputes each tile, `dS = g_row * softmax_row(S) + g_col *
   softmax_col(S)`.
 - `log_sigmoid_forward` / `log_sigmoid_backward`: `sum_ij log sigmoid(-(S_ij + b))`.
+- `ScanBlocks(tile)`: these as the block math of `blockwise.py`, whose
+  custom_vjp losses make impl="chunked" (one block) and the ring.
+- `argmax_pass`: a max-only pass (no exp, no gradient) for the metrics of
+  implementations that compute the loss elsewhere (Pallas).
 
 Masked logits (padding columns; the self-similarity for NT-Xent) are -inf:
 they add exp(-inf) = 0 to a log-sum-exp and log sigmoid(+inf) = 0 to the
@@ -25,20 +29,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-F32 = jnp.float32
+from pallas_kernels.contrastive.tiles import F32, MaxStats, init_stats, merge_tile, zeros_like_f32
 
-
-class MaxStats(NamedTuple):
-    """Online statistics of the logits seen so far along one axis, each [n].
-
-    max: running maximum (-inf before any unmasked logit).
-    sumexp: sum of exp(logit - max) (unused, zero, for max-only passes).
-    argmax: int32 global index of the first maximum.
-    """
-
-    max: jax.Array
-    sumexp: jax.Array
-    argmax: jax.Array
+# Column tile of the chunked path (and of each block on a device ring). On CPU
+# (2 cores, d=256, f32, fwd+bwd) the CPU time is flat across tiles 256..1024
+# (B=4096: 320 ms for each; B=16384: 5.66-5.73 s; tile 128 is 10% slower
+# there), while the scratch memory grows with the tile (B=16384: 64 / 97 /
+# 161 MiB for 256 / 512 / 1024, vs ~4 GiB for the reference). 512 keeps that
+# below 1/40 of the reference and gives accelerators, where XLA runs this path
+# when Pallas cannot, matmuls wide enough. See benchmarks/contrastive_loss.py.
+DEFAULT_TILE = 512
 
 
 class Tile(NamedTuple):
@@ -49,64 +49,6 @@ class Tile(NamedTuple):
     g: jax.Array  # [Ba, tile] f32 unscaled products a @ c.T
     s: jax.Array  # [Ba, tile] f32 scaled logits, masked entries -inf
     cols: Any  # per-column inputs sliced to this tile ([tile, ...] leaves), or None
-
-
-def init_stats(n: int, like: jax.Array) -> MaxStats:
-    """Empty statistics for n rows (or columns).
-
-    Arrays are made `like` an input embedding so that, inside `shard_map`,
-    they vary over the same mesh axes as the values later merged into them.
-    """
-    return MaxStats(
-        jnp.full_like(like, -jnp.inf, F32, shape=(n,)),
-        jnp.zeros_like(like, F32, shape=(n,)),
-        jnp.zeros_like(like, jnp.int32, shape=(n,)),
-    )
-
-
-def zeros_like_f32(like: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
-    """f32 zeros of `shape`, varying over the same mesh axes as `like`."""
-    return jnp.zeros_like(like, F32, shape=shape)
-
-
-def _finite_or_zero(x: jax.Array) -> jax.Array:
-    return jnp.where(jnp.isfinite(x), x, 0.0)
-
-
-def stats_lse(stats: MaxStats) -> jax.Array:
-    """Log-sum-exp [n] of all logits merged into `stats`."""
-    return _finite_or_zero(stats.max) + jnp.log(stats.sumexp)
-
-
-def merge_tile(
-    stats: MaxStats, s: jax.Array, axis: int, index_offset: jax.Array, with_sumexp: bool
-) -> MaxStats:
-    """Merges the logits `s` (reduced along `axis`) into running statistics.
-
-    `index_offset` turns a position along `axis` into a global index. Ties keep
-    the earlier maximum, as `jnp.argmax` does on the full matrix.
-    """
-    tile_max = jnp.max(s, axis=axis)
-    tile_arg = jnp.argmax(s, axis=axis).astype(jnp.int32) + index_offset
-    new_max = jnp.maximum(stats.max, tile_max)
-    argmax = jnp.where(tile_max > stats.max, tile_arg, stats.argmax)
-    sumexp = stats.sumexp
-    if with_sumexp:
-        shift = _finite_or_zero(new_max)
-        sumexp = sumexp * jnp.exp(stats.max - shift) + jnp.sum(
-            jnp.exp(s - jnp.expand_dims(shift, axis)), axis=axis
-        )
-    return MaxStats(new_max, sumexp, argmax)
-
-
-def merge_lse(stats: MaxStats, block: MaxStats, block_lse: jax.Array) -> MaxStats:
-    """Merges a block of logits, given as its log-sum-exp `block_lse` [n] and
-    its max / argmax `block` (a max-only pass), into running statistics."""
-    new_max = jnp.maximum(stats.max, block.max)
-    shift = _finite_or_zero(new_max)
-    sumexp = stats.sumexp * jnp.exp(stats.max - shift) + jnp.exp(block_lse - shift)
-    argmax = jnp.where(block.max > stats.max, block.argmax, stats.argmax)
-    return MaxStats(new_max, sumexp, argmax)
 
 
 def _pad_leading(x: jax.Array, n: int) -> jax.Array:
@@ -286,3 +228,43 @@ def log_sigmoid_backward(
         a, c, scale, step, (zeros_like_f32(a, a.shape), zero, zero), tile=tile
     )
     return da * scale, dc * scale, dscale, dbias
+
+
+# ---------------------------------------------------------------- block math
+
+
+class ScanBlocks(NamedTuple):
+    """Block math (the protocol in `blockwise.py`) by a `lax.scan` over
+    column tiles of `tile` columns."""
+
+    tile: int
+
+    def softmax_forward(self, a, c, scale, rows, cols, **offsets):
+        return lse_forward(a, c, scale, rows, cols, tile=self.tile, **offsets)
+
+    def softmax_backward(self, a, c, scale, row_lse, g_row, col_lse, g_col, **offsets):
+        return lse_backward(a, c, scale, row_lse, g_row, col_lse, g_col, tile=self.tile, **offsets)
+
+    def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
+        return log_sigmoid_forward(a, c, scale, bias, rows, tile=self.tile, col_offset=col_offset)
+
+    def sigmoid_backward(self, a, c, scale, bias, g):
+        return log_sigmoid_backward(a, c, scale, bias, g, tile=self.tile)
+
+
+def as_blocks(blocks: Any) -> Any:
+    """A block-math object; an int is the tile of `ScanBlocks`."""
+    return ScanBlocks(blocks) if isinstance(blocks, int) else blocks
+
+
+def argmax_pass(
+    a: jax.Array, c: jax.Array, scale: jax.Array, tile: int, mode: str, with_cols: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """Row (and column) int32 argmax [b] of the logits by a max-only tile pass
+    (no exp, no gradient): metrics for paths that compute the loss elsewhere."""
+    cols = init_stats(c.shape[0], c) if with_cols else None
+    rows, cols = lse_forward(
+        a, c, scale, init_stats(a.shape[0], a), cols, tile=tile,
+        exclude_diagonal=mode == "nt_xent", with_sumexp=False,
+    )
+    return rows.argmax, cols.argmax if with_cols else None

@@ -1,9 +1,8 @@
-"""Chunked contrastive losses: custom_vjp over column tiles, O(B*D + B*tile) memory.
+"""Blockwise contrastive losses: custom_vjp rules over a *sweep* of column blocks.
 
-Built on the tile math of `contrastive_tiles`. A *sweep* visits the column
-blocks of the global batch: `LOCAL` (one block, this module) or a device ring
-(`distributed.RingSweep`), so the same custom_vjp rules, positives and
-metrics serve the single-device "chunked" impl and the ring:
+A sweep visits the column blocks of the global batch: `LOCAL` (one block:
+impl="chunked") or a device ring (`ring.RingSweep`: impl="ring"), so the same
+custom_vjp rules, positives and metrics serve both:
 
 - `softmax_nll` (CLIP rows and columns, or NT-Xent rows): per-row CE
   `lse - positive`; residuals O(B*D + B), the backward recomputes the tiles.
@@ -13,8 +12,9 @@ metrics serve the single-device "chunked" impl and the ring:
   same pass (argmax tracked in the scan) and carry no gradient.
 
 Each block's statistics and gradients come from a *block math* object
-(`ScanBlocks(tile)`, the tiles of `contrastive_tiles`; the ring can plug in
-`distributed.PallasBlocks`). Where a `tile: int` is accepted, so is such an object.
+(`chunked_xla.ScanBlocks(tile)`, a lax.scan over column tiles; the ring can
+plug in `ring.PallasBlocks`). Where a `tile: int` is accepted, so is such an
+object.
 
 The positives' gradient is added to the tiles' in float32 before a single
 cast to the input dtype (bf16 inputs would otherwise lose the cancellation
@@ -29,16 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsup.losses.contrastive_tiles import (
-    F32,
-    init_stats,
-    log_sigmoid_backward,
-    log_sigmoid_forward,
-    lse_backward,
-    lse_forward,
-    stats_lse,
-    zeros_like_f32,
-)
+from pallas_kernels.contrastive.chunked_xla import argmax_pass, as_blocks
+from pallas_kernels.contrastive.tiles import F32, init_stats, stats_lse, zeros_like_f32
 
 
 # ------------------------------------------------------------ block math
@@ -55,34 +47,10 @@ from jaxsup.losses.contrastive_tiles import (
 #   sigmoid_backward(a, c, scale, bias, g) -> (da, dc, dscale, dbias) of g * that sum.
 
 
-class ScanBlocks(NamedTuple):
-    """Block math by a `lax.scan` over column tiles of `tile` columns
-    (`contrastive_tiles`); see the protocol above."""
-
-    tile: int
-
-    def softmax_forward(self, a, c, scale, rows, cols, **offsets):
-        return lse_forward(a, c, scale, rows, cols, tile=self.tile, **offsets)
-
-    def softmax_backward(self, a, c, scale, row_lse, g_row, col_lse, g_col, **offsets):
-        return lse_backward(a, c, scale, row_lse, g_row, col_lse, g_col, tile=self.tile, **offsets)
-
-    def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
-        return log_sigmoid_forward(a, c, scale, bias, rows, tile=self.tile, col_offset=col_offset)
-
-    def sigmoid_backward(self, a, c, scale, bias, g):
-        return log_sigmoid_backward(a, c, scale, bias, g, tile=self.tile)
-
-
-def as_blocks(blocks: Any) -> Any:
-    """A block-math object; an int is the tile of `ScanBlocks`."""
-    return ScanBlocks(blocks) if isinstance(blocks, int) else blocks
-
-
 # ------------------------------------------------------ sweeps over blocks
 # A sweep runs `local, acc = compute(col_offset, local, block, acc)` over every
 # column block of the global batch: one block on a single device; on a device
-# ring (distributed.RingSweep) the blocks travel between devices. `block` is
+# ring (ring.RingSweep) the blocks travel between devices. `block` is
 # read-only (the column embeddings and per-column inputs); `acc` accumulates
 # per-column results and ends at the block's home.
 
@@ -90,7 +58,7 @@ def as_blocks(blocks: Any) -> Any:
 class LocalSweep:
     """The whole batch is one block on this device.
 
-    The protocol (see distributed.RingSweep): `row_offset(rows)` global index
+    The protocol (see ring.RingSweep): `row_offset(rows)` global index
     of this device's first row; `n_total(rows)` global row count; `total(x)`
     sum of x [rows, ...] (or of a per-device scalar) over the global batch;
     `vary(x, like)` a replicated scalar made device-varying (for custom_vjp
@@ -278,7 +246,7 @@ sigmoid_nll.defvjp(_sigmoid_nll_fwd, _sigmoid_nll_bwd)
 
 # -------------------------------------------------------- the three losses
 # Shared by the single-device chunked path (sweep=LOCAL) and the device ring
-# (sweep=distributed.RingSweep); each returns (global-mean loss, metrics).
+# (sweep=ring.RingSweep); each returns (global-mean loss, metrics).
 
 
 def row_dot(a: jax.Array, c: jax.Array) -> jax.Array:
@@ -288,19 +256,6 @@ def row_dot(a: jax.Array, c: jax.Array) -> jax.Array:
 
 def _fraction(hits: jax.Array, sweep: Any, n_total: int) -> jax.Array:
     return sweep.total(hits.astype(F32)) / n_total
-
-
-def argmax_pass(
-    a: jax.Array, c: jax.Array, scale: jax.Array, tile: int, mode: str, with_cols: bool
-) -> tuple[jax.Array, jax.Array | None]:
-    """Row (and column) int32 argmax [b] of the logits by a max-only tile pass
-    (no exp, no gradient): metrics for paths that compute the loss elsewhere."""
-    cols = init_stats(c.shape[0], c) if with_cols else None
-    rows, cols = lse_forward(
-        a, c, scale, init_stats(a.shape[0], a), cols, tile=tile,
-        exclude_diagonal=mode == "nt_xent", with_sumexp=False,
-    )
-    return rows.argmax, cols.argmax if with_cols else None
 
 
 def softmax_metrics(a, c, scale, row_argmax, col_argmax, sweep: Any = LOCAL) -> dict:
@@ -380,3 +335,21 @@ def nt_xent(
     res = softmax_nll(z, z, sweep.vary(scale, z), as_blocks(tile), "nt_xent", sweep)
     loss = sweep.total(res.row_nll) / sweep.n_total(z.shape[0])
     return loss, nt_xent_metrics(z, scale, res.row_argmax, sweep)
+
+
+BLOCKWISE = {"softmax": softmax_contrastive, "sigmoid": sigmoid_contrastive, "nt_xent": nt_xent}
+
+
+def max_pass_metrics(loss: str, x: jax.Array, y: jax.Array, params: tuple, tile: int) -> dict:
+    """The metrics of `BLOCKWISE[loss](x, y, *params, ...)` (x, y [b, D]) by a
+    max-only tile pass (one extra matmul, no exp, no gradient), for
+    implementations that compute the loss elsewhere (Pallas)."""
+    x, y, params = lax.stop_gradient((x, y, params))
+    if loss == "softmax":
+        return softmax_metrics(x, y, *params, *argmax_pass(x, y, *params, tile, "clip", True))
+    if loss == "sigmoid":
+        row_argmax, _ = argmax_pass(x, y, params[0], tile, "clip", False)
+        return sigmoid_metrics(x, y, *params, row_argmax)
+    z = nt_xent_views(x, y)
+    row_argmax, _ = argmax_pass(z, z, params[0], tile, "nt_xent", False)
+    return nt_xent_metrics(z, params[0], row_argmax)

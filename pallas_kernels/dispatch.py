@@ -1,34 +1,32 @@
-"""Pick a loss implementation by name, with an optional fallback to "chunked".
+"""Choosing an implementation by name (`impl=`), with an optional fallback.
 
-Every public loss in `jaxsup.losses` takes `impl=` in IMPLS. The "pallas"
-implementation can fail on a backend it does not support; `run_impl` turns
-that into one clear error, or (fallback=True) one warning and the chunked path.
+Every family's `api.py` runs its implementations through `run_impl`: the
+"pallas" one can fail on a backend it does not support (BackendUnavailableError),
+which becomes one clear ValueError, or with fallback=True one warning (per
+loss name) and the "chunked" implementation.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from pallas_kernels.backend import BackendUnavailableError
 
-log = logging.getLogger("jaxsup")
-
-IMPLS = ("reference", "chunked", "pallas")
+log = logging.getLogger("pallas_kernels")
 
 _warned: set[str] = set()
 
 
-def check_impl(impl: str, allowed: tuple[str, ...] = IMPLS) -> None:
+def check_impl(impl: str, allowed: tuple[str, ...]) -> None:
     """Raises ValueError naming `impl` and the choices if it is not allowed."""
     if impl not in allowed:
         raise ValueError(f"Unknown impl {impl!r}; expected one of {allowed}.")
 
 
 def run_impl(
-    name: str,
-    impl: str,
-    impls: Mapping[str, Callable[[], Any]],
-    fallback: bool = False,
+    name: str, impl: str, impls: Mapping[str, Callable[[], Any]], fallback: bool = False
 ) -> Any:
     """Calls `impls[impl]()`; on BackendUnavailableError raises or falls back.
 
@@ -36,7 +34,7 @@ def run_impl(
       name: the loss's name, for messages.
       impl: requested implementation.
       impls: implementation name -> zero-argument thunk computing the loss.
-      fallback: if True, a pallas backend error warns once and runs "chunked".
+      fallback: if True, a backend error warns once and runs "chunked".
     """
     check_impl(impl, tuple(impls))
     try:
@@ -51,3 +49,14 @@ def run_impl(
             _warned.add(name)
             log.warning("%s: impl=%r unavailable (%s); using 'chunked'.", name, impl, err)
         return impls["chunked"]()
+
+
+def import_kernels(module: str) -> ModuleType:
+    """Imports a family's Pallas module on first use; BackendUnavailableError if
+    it, or Pallas itself, is missing (the XLA implementations never need it)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith(("pallas_kernels", "jax.experimental")):
+            raise
+        raise BackendUnavailableError(f"{module} is not available ({err})") from err

@@ -142,24 +142,6 @@ def test_soft_ce_matches_numpy(logits):
     )
 
 
-def test_kd_with_labels_matches_numpy(logits):
-    s, t, _ = logits
-    labels = np.array([0, 3, 8, 1, 1, 5])
-    ce = -np_log_softmax(np.float64(s))[np.arange(6), labels].mean()
-    want = 0.4 * np_kd(s, t, 3.0, "kl") + 0.6 * ce
-    np.testing.assert_allclose(distill.kd_with_labels(s, t, labels, 3.0, 0.4), want, rtol=RTOL)
-    grad_s = jax.grad(lambda x: distill.kd_with_labels(x, t, labels, 3.0, 0.4))(jnp.asarray(s))
-    want_grad = np_numeric_grad(
-        lambda x: 0.4 * np_kd(x, t, 3.0, "kl")
-        - 0.6 * np_log_softmax(x)[np.arange(6), labels].mean(),
-        s,
-    )
-    np.testing.assert_allclose(grad_s, want_grad, rtol=1e-4, atol=1e-7)
-
-
-# ----------------------------------------------------------------------------
-# Feature KD (norm and direction) and PS-KD.
-# ----------------------------------------------------------------------------
 def np_class_means(features, labels, k):
     means = np.stack([features[labels == c].mean(0) for c in range(k)])
     return means / np.linalg.norm(means, axis=-1, keepdims=True)
@@ -224,14 +206,12 @@ def test_bad_inputs_raise_value_error(logits):
         distill.kd_kl(s, t[:, :8], 1.0)
     with pytest.raises(ValueError, match="beta"):
         distill.kd_jsd(s, t, 1.0, 1.5)
-    with pytest.raises(ValueError, match="alpha"):
-        distill.kd_with_labels(s, t, np.zeros(6, int), 1.0, -0.1)
     with pytest.raises(ValueError, match="kind"):
         distill.kd_loss(s, t, 1.0, "tvd")
     with pytest.raises(ValueError, match="weights"):
         distill.kd_kl(s, t, 1.0, weights=np.ones(5))
     with pytest.raises(ValueError, match="labels"):
-        distill.kd_with_labels(s, t, np.zeros(5, int), 1.0, 0.5)
+        distill.nd_loss(s, s, np.ones((9, 9)), np.zeros(5, int), 1.0)
     with pytest.raises(ValueError, match="target_probs"):
         distill.soft_ce(s, t[:, :8])
     with pytest.raises(ValueError, match="class_means"):

@@ -106,31 +106,6 @@ def soft_ce(
     return _weighted_mean(rows, weights)
 
 
-def kd_with_labels(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    labels: jax.Array,
-    temperature: Any,
-    alpha: float,
-    *,
-    kind: str = "kl",
-    beta: float = 0.5,
-    weights: jax.Array | None = None,
-) -> jax.Array:
-    """`alpha * KD(T) + (1 - alpha) * CE(student_logits, labels)`; CE at T = 1.
-
-    logits [N, K]; labels [N] integer classes; alpha in [0, 1].
-    """
-    common.check_unit_interval("alpha", alpha)
-    common.check_logit_pair(student_logits, teacher_logits)
-    _check_labels(labels, student_logits.shape[0], f"logits {student_logits.shape}")
-    kd = kd_loss(student_logits, teacher_logits, temperature, kind, beta, weights=weights)
-    ce_rows = optax.softmax_cross_entropy_with_integer_labels(
-        student_logits.astype(jnp.float32), labels
-    )
-    return alpha * kd + (1.0 - alpha) * _weighted_mean(ce_rows, weights)
-
-
 def teacher_class_means(
     features: jax.Array, labels: jax.Array, num_classes: int
 ) -> jax.Array:

@@ -22,13 +22,12 @@ always gets the same caption, so resumed runs see identical batches.
 from __future__ import annotations
 
 import functools
-import io
 import zlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsup.data import digits, tokenizer
+from jaxsup.data import digits, image_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
 from jaxsup.data.preprocess import Example, register_op
 from jaxsup.errors import ConfigError, DataError
 
@@ -210,27 +209,12 @@ def tokenize(arg: str = "") -> Callable[[Example], Example]:
     return op
 
 
-def _pil():
-    try:
-        from PIL import Image  # noqa: PLC0415 (optional dependency)
-    except ImportError as err:
-        raise ImportError("Decoding/resizing images on the host needs Pillow: pip install pillow") from err
-    return Image
-
-
 def decode_and_resize(image: Any, size: int) -> np.ndarray:
-    """Encoded bytes or uint8 [H, W, C] -> uint8 [size, size, C] (bilinear, Pillow)."""
-    Image = _pil()
-    if isinstance(image, (bytes, np.bytes_)):
-        pil = Image.open(io.BytesIO(bytes(image)))
-        pil = pil.convert("RGB") if pil.mode not in ("L", "RGB") else pil
-    else:
-        array = np.asarray(image)
-        if array.ndim != 3 or array.dtype != np.uint8:
-            raise DataError(f"resize expects uint8 [H, W, C] or encoded bytes, got {array.dtype}{array.shape}.")
-        pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    out = np.asarray(pil.resize((size, size), Image.BILINEAR), np.uint8)
-    return out[..., None] if out.ndim == 2 else out
+    """Encoded bytes or uint8 [H, W, C] -> uint8 [size, size, C] (bilinear, Pillow; aspect not kept)."""
+    array = image if isinstance(image, (bytes, np.bytes_)) else np.asarray(image)
+    channels = 1 if not isinstance(array, bytes) and array.ndim == 3 and array.shape[-1] == 1 else 3
+    pil = image_ops.as_pil(array, channels, "resize", draft=(size, size))
+    return image_ops.to_array(pil.resize((size, size), image_ops.Image.BILINEAR))
 
 
 @register_op("resize")

@@ -1,28 +1,42 @@
 """grain pipelines: a deterministic, checkpointable train stream and padded eval batches.
 
-Train: `source.shuffle(seed).repeat().map(preprocess).batch(local_batch)`.
-Every example also carries "index" (int32), its position in the split, so
-tasks can keep per-example state (PS-KD predictions, pseudo-labels).
-grain reshuffles every epoch with seed + epoch, so example order is a pure
-function of (seed, epoch, index). Global batch `s` is the concatenation of
-local batches `s * P + p` over processes p < P; each process reads only its
-own. The iterator's whole state is the next step number, saved with the
-checkpoint. Eval: the split in order, padded to whole global batches with
-`mask = 0` rows.
+Train: the stream is epoch after epoch of the split, each epoch in its own
+permutation drawn from (seed, epoch) (`epoch_order`); local batch k holds
+stream positions [k L, (k + 1) L) and is read and preprocessed as a whole
+(`jaxsup.data.batching.read_batch`: batched reads, per-example ops seeded by
+(seed, epoch, index), batched ops). Batch k is a pure function of (seed, k). Every batch carries
+"index" [L] int32, each example's position in the split, so tasks can keep
+per-example state. Global batch `s` is the concatenation of local batches
+`s * P + p` over processes p < P; each process reads only its own. The
+iterator's whole state is the next step number, saved with the checkpoint.
+
+Workers: batches are prepared by `workers` threads (Pillow and NumPy release
+the GIL) and optionally `processes` grain worker processes (each owns a
+strided slice of the batches, so the order is the same); either way batch k
+is the same array. Eval: the split in order, padded to whole global batches
+with `mask = 0` rows, read a batch at a time.
+
+Device side: `to_global` sends uint8 images [B, H, W, C] as uint8 (a quarter
+of the bytes of float32) and turns them into float32 in [0, 1] on the devices.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterator
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from jaxsup.data import preprocess, splits
+from jaxsup.data import batching, preprocess as preprocess_lib, splits
 from jaxsup.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
+STREAM_BATCHES = 2**50  # the train stream's length: endless in practice
+DEFAULT_WORKERS = 2  # threads; measured best on the 2-core CI host (benchmarks/input_pipeline.py)
 
 
 def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
@@ -33,6 +47,11 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
     return global_batch // count
 
 
+def _as_preprocess(pre: Callable[[dict], dict]) -> preprocess_lib.Preprocess:
+    """A built Preprocess, or any per-example callable wrapped as one."""
+    return pre if isinstance(pre, preprocess_lib.Preprocess) else preprocess_lib.Preprocess([pre], [], ())
+
+
 def train_dataset(
     source: Any,
     preprocess: Callable[[dict], dict],
@@ -41,31 +60,38 @@ def train_dataset(
     process_count: int | None = None,
 ) -> grain.MapDataset:
     """Infinite MapDataset of local batches; index k is local batch k of the stream."""
-    if len(source) < global_batch:
-        raise DataError(f"The dataset has {len(source)} examples, fewer than one batch ({global_batch}).")
-    local = local_batch_size(global_batch, process_count)
-    return (
-        indexed(source)
-        .shuffle(seed=seed % 2**32)
-        .repeat()
-        .map(with_index(preprocess))
-        .batch(local, drop_remainder=True)
-    )
-
-
-def indexed(source: Any) -> grain.MapDataset:
-    """MapDataset of (index, example) pairs; index in [0, len(source)).
-
-    Under `.shuffle().repeat()` grain hands this map the stream position
-    (epoch * N + position), hence the modulo.
-    """
     n = len(source)
-    return grain.MapDataset.source(source).map_with_index(lambda i, ex: (i % n, ex))
+    if n == 0:
+        raise DataError("The train split has no examples (no shards, or an empty split).")
+    if n < global_batch:
+        raise DataError(f"The dataset has {n} examples, fewer than one batch ({global_batch}).")
+    local = local_batch_size(global_batch, process_count)
+    read = functools.partial(_read_step, batching.in_memory(source), _as_preprocess(preprocess), n, seed, local)
+    return grain.MapDataset.range(STREAM_BATCHES).map(read)
 
 
-def with_index(preprocess: Callable[[dict], dict]) -> Callable[[tuple[int, dict]], dict]:
-    """(index, example) -> preprocess(example) plus "index"."""
-    return lambda pair: {**preprocess(pair[1]), "index": np.int32(pair[0])}
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The split's example indices [n] in the order of `epoch`: a permutation drawn from (seed, epoch)."""
+    order = np.random.default_rng([seed % 2**32, epoch]).permutation(n)
+    order.setflags(write=False)
+    return order
+
+
+def stream_examples(seed: int, n: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stream positions [L] -> (epochs [L], example indices [L]): position p is epoch p // n, slot p % n."""
+    epochs = positions // n
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+        at = epochs == epoch
+        indices[at] = epoch_order(seed, int(epoch), n)[positions[at] % n]
+    return epochs, indices
+
+
+def _read_step(source: Any, pre: preprocess_lib.Preprocess, n: int, seed: int, local: int, k: int) -> Batch:
+    """Local batch k of the stream: positions [k L, (k + 1) L), read and preprocessed."""
+    epochs, indices = stream_examples(seed, n, k * local + np.arange(local, dtype=np.int64))
+    return batching.read_batch(source, pre, indices, epochs, seed)
 
 
 def train_iterator(
@@ -74,12 +100,32 @@ def train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     prefetch: int = 4,
+    workers: int = DEFAULT_WORKERS,
+    processes: int = 0,
 ) -> Iterator[Batch]:
-    """This process's local batches for steps start_step, start_step + 1, ..."""
+    """This process's local batches for steps start_step, start_step + 1, ...
+
+    workers: threads preparing batches; processes: grain worker processes (0: none).
+    The batches are the same whatever the workers.
+    """
+    if workers < 1 or processes < 0 or prefetch < 1:
+        raise ConfigError(f"config.data: workers={workers} must be >= 1, processes={processes} >= 0, "
+                          f"prefetch={prefetch} >= 1.")
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     mine = dataset[start_step * pc + pi :: pc]
-    return iter(mine.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))
+    stream = mine.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch))
+    if processes:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (a library caller may not parse them)
+            flags.FLAGS.mark_as_parsed()
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=prefetch))
+    return iter(stream)
+
+
+def loader_options(data_cfg: Any) -> dict[str, int]:
+    """train_iterator's keyword arguments from config.data (prefetch, workers, processes)."""
+    return dict(prefetch=data_cfg.prefetch, workers=data_cfg.get("workers", DEFAULT_WORKERS),
+                processes=data_cfg.get("worker_processes", 0))
 
 
 def eval_batches(
@@ -88,35 +134,65 @@ def eval_batches(
     global_batch: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> Iterator[Batch]:
     """The whole split in order as local batches, padded; `mask` [L] marks real rows."""
     pi = jax.process_index() if process_index is None else process_index
     local = local_batch_size(global_batch, process_count)
-    ds = indexed(source).map(with_index(preprocess))
-    n = len(ds)
-    for k in range(math.ceil(n / global_batch)):
-        idx = k * global_batch + pi * local + np.arange(local)
-        rows = [ds[int(i)] for i in np.minimum(idx, n - 1)]
-        batch = jax.tree.map(lambda *xs: np.stack(xs), *rows)
-        batch["mask"] = (idx < n).astype(np.float32)
-        yield batch
+    n = len(source)
+    if n == 0:
+        raise DataError("The eval split has no examples.")
+    read = functools.partial(_eval_batch, batching.in_memory(source), _as_preprocess(preprocess), n,
+                             pi * local + np.arange(local), global_batch)
+    batches = grain.MapDataset.range(math.ceil(n / global_batch)).map(read)
+    yield from batches.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2))
+
+
+def _eval_batch(source: Any, pre: preprocess_lib.Preprocess, n: int, offsets: np.ndarray, global_batch: int,
+                k: int) -> Batch:
+    """Local eval batch k: rows k * global_batch + offsets, the past-the-end ones repeat the last, mask 0."""
+    idx = k * global_batch + offsets
+    batch = batching.read_batch(source, pre, np.minimum(idx, n - 1))
+    batch["mask"] = (idx < n).astype(np.float32)
+    return batch
+
+
+@jax.jit
+def _unit_float(images: jax.Array) -> jax.Array:
+    """uint8 [B, H, W, C] -> float32 in [0, 1], on the devices (keeps the sharding)."""
+    return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def _device_array(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    array = jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return _unit_float(array) if array.dtype == jnp.uint8 and array.ndim == 4 else array
 
 
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Process-local NumPy batch -> global jax.Arrays sharded on the batch dim."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    """Process-local NumPy batch -> global jax.Arrays sharded on the batch dim.
+
+    uint8 images [B, H, W, C] travel as uint8 and become float32 in [0, 1] on the devices.
+    """
+    return jax.tree.map(lambda x: _device_array(x, sharding), batch)
 
 
 def eval_global_batches(
     data_cfg: Any, split: str, batch_size: int, sharding: jax.sharding.Sharding
 ) -> Iterator[dict[str, jax.Array]]:
     """Global, sharded, padded batches of `split` of config.data (eval preprocess; "mask" [B])."""
-    pre = preprocess.build(data_cfg.get("eval_preprocess") or data_cfg.preprocess)
-    for local in eval_batches(splits.open_split(data_cfg, split), pre, batch_size):
+    pre = preprocess_lib.build(data_cfg.get("eval_preprocess") or data_cfg.preprocess)
+    workers = data_cfg.get("workers", DEFAULT_WORKERS)
+    for local in eval_batches(splits.open_split(data_cfg, split), pre, batch_size, workers=workers):
         yield to_global(local, sharding)
 
 
+def device_view(batch: Batch) -> Batch:
+    """A host batch as the devices see it (uint8 images [B, H, W, C] -> float32 in [0, 1])."""
+    return {k: (np.asarray(v, np.float32) / 255.0 if np.asarray(v).dtype == np.uint8 and np.ndim(v) == 4 else v)
+            for k, v in batch.items()}
+
+
 def example_batch(data_cfg: Any) -> dict[str, np.ndarray]:
-    """The first train example, preprocessed, as a batch of one (for shapes)."""
-    example = preprocess.build(data_cfg.preprocess)(splits.open_split(data_cfg, data_cfg.train_split)[0])
-    return {k: np.asarray(v)[None] for k, v in example.items()}
+    """The first train example, preprocessed, as a batch of one, as the devices see it (for shapes)."""
+    source = splits.open_split(data_cfg, data_cfg.train_split)
+    return device_view(batching.read_batch(source, preprocess_lib.build(data_cfg.preprocess), np.zeros(1)))

@@ -71,6 +71,11 @@ def _sections() -> dict[str, dict[str, Any]]:
         "pseudo_label": dict(labelled_split="train[:10%]", threshold=0.9, unlabelled_weight=1.0, rampup_frac=0.2,
                              ema_decay=0.99, temperature=1.0, future_lr=0.0, **_augment_fields("crop", (0.6, 1.0))),
         "w2s": dict(weak_labels="", weak_split="", loss="aux", aux_coef=0.5, warmup_frac=0.2, **_augment_fields()),
+        "sla": dict(mode="sla", num_rotations=4, sd_weight=1.0, sd_ce_weight=1.0, **_augment_fields()),
+        "label_noise": dict(rate=0.0, kind="symmetric", seed=0),
+        "coteaching": dict(forget_rate=-1.0, gradual_frac=0.2, feature_dropout=0.0, dropout_kind="dropout",
+                           **_augment_fields()),
+        "look": dict(loss="look", k=20, tau=0.1, momentum=0.5, pretrain_classes=10, **_augment_fields()),
     }
 
 
@@ -84,6 +89,9 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "pskd": ("pskd",),
     "pseudo_label": ("pseudo_label",),
     "weak_to_strong": ("finetune", "w2s"),
+    "sla": ("sla",),
+    "coteaching": ("label_noise", "coteaching"),
+    "look": ("look",),
 }
 
 

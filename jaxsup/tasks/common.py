@@ -42,6 +42,12 @@ def build_model(name: str, kwargs: Any) -> nn.Module:
         raise ConfigError(f"Model {name!r} rejects config.model kwargs {sorted(kwargs)}: {err}") from err
 
 
+def build_backbone(name: str, kwargs: Any) -> nn.Module:
+    """registry model `name` with num_classes=None: images -> (features [B, D], out); the task adds heads."""
+    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+    return build_model(name, {**kwargs, "num_classes": None})
+
+
 def split_variables(variables: Any) -> tuple[Any, Any]:
     """flax variables -> (params, the other collections e.g. batch_stats)."""
     variables = dict(variables)

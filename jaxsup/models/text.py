@@ -1,8 +1,13 @@
 """Text transformer tower: token ids [B, L] int32 -> (logits or features [B, D], out).
 
-Pad id is 0. Attention masks padding keys, and future positions when
-`causal=True`. Pooling: "eos" takes the last non-pad position of each row
-(the EOS token the tokenizers append), "mean" averages the non-pad positions.
+Pad id is 0. Attention masks padding keys (unless `mask_padding=False`), and
+future positions when `causal=True`. Pooling: "eos" takes the last non-pad
+position of each row (the EOS token the tokenizers append), "mean" averages
+the non-pad positions, "argmax" takes the position of each row's largest id
+(OpenAI CLIP: its EOT token has the largest id), "last" the last position
+(big_vision SigLIP). CLIP's vocabulary has a real token with id 0 ("!"), so
+imported CLIP text towers use mask_padding=False (with causal=True and
+"argmax" the padding after EOT cannot reach the pooled position anyway).
 
 Parameter layout: token_embedding/embedding [V, D], pos_embedding [1, max_len, D],
 encoder/... (see transformer.py), head/{kernel,bias} (num_classes).
@@ -17,11 +22,11 @@ import jax.numpy as jnp
 
 from jaxsup import registry
 from jaxsup.models.small import classifier_head
-from jaxsup.models.transformer import Encoder, attention_mask, check_heads
+from jaxsup.models.transformer import DEFAULT_ACT, DEFAULT_NORM_EPS, Encoder, attention_mask, check_heads
 from jaxsup.errors import ConfigError
 
 PAD_ID = 0
-POOL_TYPES = ("eos", "mean")
+POOL_TYPES = ("eos", "mean", "argmax", "last")
 
 
 def last_token_index(tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
@@ -36,10 +41,24 @@ def eos_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.n
     return jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
 
 
+def argmax_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
+    """x [B, L, D] -> [B, D] at each row's (first) largest id: CLIP's EOT."""
+    idx = jnp.argmax(tokens, axis=1)
+    return jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+
+
+def last_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
+    """x [B, L, D] -> [B, D] at the last position, padding or not (big_vision SigLIP)."""
+    return x[:, -1]
+
+
 def masked_mean_pool(x: jnp.ndarray, tokens: jnp.ndarray, pad_id: int = PAD_ID) -> jnp.ndarray:
     """x [B, L, D] -> [B, D] mean over non-pad positions (zeros for an all-pad row)."""
     valid = (tokens != pad_id).astype(x.dtype)[..., None]
     return (x * valid).sum(axis=1) / jnp.maximum(valid.sum(axis=1), 1)
+
+
+POOLS = {"eos": eos_pool, "mean": masked_mean_pool, "argmax": argmax_pool, "last": last_pool}
 
 
 @registry.register("model", "text_transformer")
@@ -60,6 +79,9 @@ class TextTransformer(nn.Module):
     remat_policy: str = "nothing_saveable"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    mask_padding: bool = True
+    act: str = DEFAULT_ACT
+    norm_eps: float = DEFAULT_NORM_EPS
 
     @nn.compact
     def __call__(self, tokens: jnp.ndarray, *, train: bool = False):
@@ -83,14 +105,15 @@ class TextTransformer(nn.Module):
         x = x + posemb[:, :length].astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
 
-        mask = attention_mask(tokens != PAD_ID, length, self.causal)
+        mask = attention_mask(tokens != PAD_ID if self.mask_padding else None, length, self.causal)
         x = Encoder(
             depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.width,
             dropout=self.dropout, remat=self.remat, remat_policy=self.remat_policy,
+            act=self.act, norm_eps=self.norm_eps,
             dtype=self.dtype, param_dtype=self.param_dtype, name="encoder",
         )(x, mask, train=train)
 
-        pool = eos_pool if self.pool_type == "eos" else masked_mean_pool
+        pool = POOLS[self.pool_type]
         logits, out = classifier_head(pool(x, tokens), self.num_classes, self.dtype, self.param_dtype)
         out["tokens"] = x
         return logits, out

@@ -11,10 +11,17 @@ Parameter layout (one sub-tree per block, so regex sharding rules stay simple):
     .../encoder/encoder_norm/{scale,bias}
 
 `remat=True` wraps each block in `nn.remat` with the `jax.checkpoint_policies`
-policy named by `remat_policy`.
+policy named by `remat_policy`. `act` names the MLP activation (ACTIVATIONS:
+"gelu_tanh", the default and big_vision's; "gelu_erf", PyTorch's nn.GELU;
+"quick_gelu", OpenAI CLIP's), `norm_eps` the LayerNorm epsilon (PyTorch: 1e-5).
+
+MAPHead (big_vision's multihead attention pooling, SigLIP): probe [1, 1, D]
+attends to the tokens, then + MLP(LN(.)); layout MAPHead_0/{probe,
+MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -32,6 +39,27 @@ REMAT_POLICIES = (
     "checkpoint_dots",
     "checkpoint_dots_with_no_batch_dims",
 )
+
+
+def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
+    """OpenAI CLIP's GELU approximation x * sigmoid(1.702 x)."""
+    return x * nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu_erf": functools.partial(nn.gelu, approximate=False),
+    "quick_gelu": quick_gelu,
+}
+DEFAULT_ACT = "gelu_tanh"
+DEFAULT_NORM_EPS = 1e-6
+
+
+def activation_by_name(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """ACTIVATIONS[name]; ConfigError naming the choices for an unknown name."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"Unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
 
 
 def remat_policy_by_name(name: str) -> Callable[..., bool]:
@@ -58,12 +86,13 @@ def attention_mask(
 
 
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU -> dropout -> Dense(D) on [..., D]."""
+    """Dense(mlp_dim) -> activation `act` -> dropout -> Dense(D) on [..., D]."""
 
     mlp_dim: int
     dropout: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    act: str = DEFAULT_ACT
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -74,7 +103,7 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
-        h = nn.gelu(dense(self.mlp_dim)(x))
+        h = activation_by_name(self.act)(dense(self.mlp_dim)(x))
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return dense(x.shape[-1])(h)
 
@@ -87,12 +116,14 @@ class EncoderBlock(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    act: str = DEFAULT_ACT
+    norm_eps: float = DEFAULT_NORM_EPS
 
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, mask: jnp.ndarray | None = None, deterministic: bool = True
     ) -> jnp.ndarray:
-        norm = lambda: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)  # noqa: E731
+        norm = lambda: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)  # noqa: E731
         h = norm()(x)
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -104,7 +135,7 @@ class EncoderBlock(nn.Module):
         )(h, h, mask=mask)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         x = x + h
-        h = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.param_dtype)(norm()(x), deterministic)
+        h = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, self.act)(norm()(x), deterministic)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return x + h
 
@@ -123,6 +154,8 @@ class Encoder(nn.Module):
     remat_policy: str = "nothing_saveable"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    act: str = DEFAULT_ACT
+    norm_eps: float = DEFAULT_NORM_EPS
 
     @nn.compact
     def __call__(
@@ -142,10 +175,36 @@ class Encoder(nn.Module):
                 dropout=self.dropout,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                act=self.act,
+                norm_eps=self.norm_eps,
                 name=f"encoderblock_{i}",
             )
             x = block(x, mask, not train)
-        return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+        return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling (big_vision, SigLIP): [B, L, D] -> [B, D]."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    act: str = DEFAULT_ACT
+    norm_eps: float = DEFAULT_NORM_EPS
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, _, d = x.shape
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+        probe = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
+        x = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(), force_fp32_for_softmax=True,
+        )(probe, x)
+        y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = x + MlpBlock(self.mlp_dim, 0.0, self.dtype, self.param_dtype, self.act)(y)
+        return x[:, 0]
 
 
 def check_heads(width: int, num_heads: int) -> None:

@@ -4,9 +4,16 @@
 x [B, H, W, C] float, out["pre_logits"] [B, D] (the pooled representation,
 after the optional tanh representation layer).
 
-Parameter layout: embedding/{kernel,bias} (patch conv), pos_embedding [1, N, D],
-cls [1, 1, D] (pool_type "tok"), encoder/... (see transformer.py),
+Parameter layout: embedding/{kernel,bias} (patch conv; no bias with
+patch_bias=False), pos_embedding [1, N, D] (patches only), cls [1, 1, D]
+(pool_type "tok"), pre_norm/{scale,bias} (pre_norm=True, CLIP's ln_pre),
+encoder/... (see transformer.py), MAPHead_0/... (pool_type "map"),
 pre_logits/{kernel,bias} (representation_size), head/{kernel,bias}.
+
+Pooling: "gap" mean of tokens, "tok" the class token, "map" attention pooling
+(SigLIP). The options pre_norm, patch_bias, act, norm_eps exist for imported
+checkpoints (OpenAI CLIP: pool "tok", pre_norm, no patch bias, "quick_gelu",
+eps 1e-5); their defaults keep the original model.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxsup import registry
 from jaxsup.models.small import classifier_head
-from jaxsup.models.transformer import Encoder, check_heads
+from jaxsup.models.transformer import DEFAULT_ACT, DEFAULT_NORM_EPS, Encoder, MAPHead, check_heads
 from jaxsup.errors import ConfigError
 
 # name -> (width, depth, mlp_dim, num_heads), as in the ViT / DeiT papers.
@@ -27,7 +34,7 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "B": (768, 12, 3072, 12),
     "L": (1024, 24, 4096, 16),
 }
-POOL_TYPES = ("gap", "tok")
+POOL_TYPES = ("gap", "tok", "map")
 
 
 def parse_variant(variant: str | None) -> tuple[dict[str, int], int | None]:
@@ -66,6 +73,10 @@ class ViT(nn.Module):
     remat_policy: str = "nothing_saveable"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    pre_norm: bool = False
+    patch_bias: bool = True
+    act: str = DEFAULT_ACT
+    norm_eps: float = DEFAULT_NORM_EPS
 
     def resolved_dims(self) -> dict[str, int]:
         """width, depth, mlp_dim, num_heads, patch_size after overrides."""
@@ -94,7 +105,7 @@ class ViT(nn.Module):
             raise ConfigError(f"Image size {x.shape[1:3]} is not a multiple of patch_size {p}.")
 
         x = nn.Conv(
-            width, (p, p), strides=(p, p), padding="VALID",
+            width, (p, p), strides=(p, p), padding="VALID", use_bias=self.patch_bias,
             dtype=self.dtype, param_dtype=self.param_dtype, name="embedding",
         )(x.astype(self.dtype))
         b, h, w, d = x.shape
@@ -107,14 +118,21 @@ class ViT(nn.Module):
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), self.param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        if self.pre_norm:
+            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name="pre_norm")(x)
 
+        block = dict(num_heads=dims["num_heads"], mlp_dim=dims["mlp_dim"], act=self.act, norm_eps=self.norm_eps,
+                     dtype=self.dtype, param_dtype=self.param_dtype)
         x = Encoder(
-            depth=dims["depth"], num_heads=dims["num_heads"], mlp_dim=dims["mlp_dim"],
-            dropout=self.dropout, remat=self.remat, remat_policy=self.remat_policy,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="encoder",
+            depth=dims["depth"], dropout=self.dropout, remat=self.remat, remat_policy=self.remat_policy,
+            name="encoder", **block,
         )(x, train=train)
 
-        pooled = x[:, 0] if self.pool_type == "tok" else x.mean(axis=1)
+        if self.pool_type == "map":
+            pooled = MAPHead(name="MAPHead_0", **block)(x)
+        else:
+            pooled = x[:, 0] if self.pool_type == "tok" else x.mean(axis=1)
         if self.representation_size:
             pooled = nn.tanh(
                 nn.Dense(self.representation_size, dtype=self.dtype,

@@ -119,15 +119,23 @@ Tokenizer = ByteTokenizer | SentencePieceTokenizer
 
 
 def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
-    """"bytes" -> ByteTokenizer; a path to a SentencePiece .model -> SentencePieceTokenizer.
+    """"bytes" -> ByteTokenizer; "clip", "clip:PATH" or a path ending in .txt.gz -> the CLIP BPE
+    (jaxsup/data/clip_bpe.py); a path to a SentencePiece .model -> SentencePieceTokenizer.
 
     add_bos None keeps each tokenizer's default (bytes: True, SentencePiece: False).
     """
     kwargs = {} if add_bos is None else {"add_bos": add_bos}
     if name_or_path == "bytes":
         return ByteTokenizer(**kwargs)
+    if name_or_path == "clip" or name_or_path.startswith("clip:") or name_or_path.endswith(".txt.gz"):
+        from jaxsup.data.clip_bpe import ClipBpeTokenizer  # noqa: PLC0415 (needs ftfy + regex)
+
+        if add_bos is False:
+            raise ConfigError("The CLIP tokenizer always starts with its SOT token (add_bos=False is not supported).")
+        return ClipBpeTokenizer(name_or_path.removeprefix("clip:") if name_or_path != "clip" else None)
     if name_or_path.endswith(".model") or os.sep in name_or_path or os.path.exists(name_or_path):
         return SentencePieceTokenizer(name_or_path, **kwargs)
     raise ConfigError(
-        f"Unknown tokenizer {name_or_path!r}: use 'bytes' or a path to a SentencePiece .model file."
+        f"Unknown tokenizer {name_or_path!r}: use 'bytes', 'clip' ('clip:/path/bpe_simple_vocab_16e6.txt.gz') "
+        "or a path to a SentencePiece .model file."
     )

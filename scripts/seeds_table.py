@@ -4,7 +4,8 @@
         --arm "SLA=configs/sla_digits.py" --arm "rotation aug=configs/sla_digits.py:augment" \
         --metric test/top1 --metric test_sd/top1 [--set total_steps=300 ...]
 
-Each arm is `name=config[:switches]`; run k of arm a lives in ROOT/<slug a>/seed<k>
+Each arm is `name=config[:switches][|key=value|...]` (the `|key=value` overrides only
+that arm, e.g. "random init=configs/look_digits.py:ce|total_steps=0"); run k of arm a lives in ROOT/<slug a>/seed<k>
 (a finished run resumes at its last step and only re-evaluates, so re-running is
 cheap). `--set key=value` overrides every run (value parsed as a Python literal
 when it is one). Writes ROOT/results.json ({arm: {metric: [per seed]}}) and
@@ -81,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, list[float]]] = {}
     for item in args.arm:
         name, _, spec = item.partition("=")
+        spec, *arm_sets = spec.split("|")
+        arm_overrides = {**overrides, **{k: parse_value(v) for k, _, v in (a.partition("=") for a in arm_sets)}}
         results[name] = {m: [] for m in metrics}
         for seed in args.seeds:
-            out = run_arm(spec, seed, run_dir(args.root, name, seed), overrides)
+            out = run_arm(spec, seed, run_dir(args.root, name, seed), arm_overrides)
             for m in metrics:
                 if m in out:
                     results[name][m].append(out[m])

@@ -2,3 +2,4 @@
 __all__ = ["classification"]
 __all__ += ["zero_shot", "retrieval", "linear_probe", "knn"]
 __all__ += ["distill"]
+__all__ += ["heldout"]

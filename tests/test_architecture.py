@@ -15,13 +15,13 @@ LAYERS = {
     "jaxsup.__init__": 0,  # the empty package module
     "jaxsup.errors": 1,
     "jaxsup.registry": 2, "jaxsup.config": 2, "jaxsup.sharding_rules": 2,
-    "jaxsup.sharding": 3, "jaxsup.microbatch": 3, "jaxsup.distributed": 3, "jaxsup.metrics": 3,
+    "jaxsup.sharding": 3, "jaxsup.microbatch": 3, "jaxsup.distributed": 3, "jaxsup.metrics": 3, "jaxsup.workdir": 3,
     "jaxsup.optim": 4, "jaxsup.checkpoint": 4,
-    "jaxsup.models": 5, "jaxsup.losses": 5, "jaxsup.data": 5,
+    "jaxsup.models": 5, "jaxsup.losses": 5, "jaxsup.data": 5, "jaxsup.interop": 5,
     "jaxsup.tasks": 6, "jaxsup.evaluators": 6,
     "jaxsup.step": 7,
     "jaxsup.experiment": 8, "jaxsup.cli": 8,
-    "jaxsup.train": 9,
+    "jaxsup.train": 9, "jaxsup.eval": 9, "jaxsup.export": 9,
     "jaxsup.w2s": 10,
 }
 # Inside jaxsup.tasks a task imports only these shared modules, never another task.

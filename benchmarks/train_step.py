@@ -45,7 +45,7 @@ import numpy as np
 
 from jaxsup import metrics as metrics_lib, sharding
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, splits
+from jaxsup.data import batching, pipeline, preprocess, splits
 from jaxsup.experiment import build_experiment
 from jaxsup.step import TrainState
 
@@ -78,10 +78,9 @@ def build_train_step(config, mesh: jax.sharding.Mesh, batch: dict[str, np.ndarra
 def tiled_batch(config, batch_size: int, unique: int = 256) -> dict[str, np.ndarray]:
     """`batch_size` rows of the config's preprocessed train data: `unique` real examples, tiled."""
     source = splits.open_split(config.data, config.data.train_split)
-    examples = pipeline.indexed(source).map(pipeline.with_index(preprocess.build(config.data.preprocess)))
-    rows = [examples[i] for i in range(min(unique, batch_size, len(examples)))]
-    stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
-    return jax.tree.map(lambda x: np.take(x, np.arange(batch_size) % len(rows), axis=0), stacked)
+    count = min(unique, batch_size, len(source))
+    stacked = batching.read_batch(source, preprocess.build(config.data.preprocess), np.arange(count))
+    return jax.tree.map(lambda x: np.take(x, np.arange(batch_size) % count, axis=0), stacked)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsup import registry
-from jaxsup.data.pipeline import eval_global_batches
-from jaxsup.evaluators.base import Predict
+from jaxsup.evaluators.base import Evaluator, Predict
 from jaxsup.errors import ConfigError
 
 SUMS = ("student_correct", "teacher_correct", "agreement", "kl", "count")
@@ -37,13 +36,11 @@ def distill_sums(
 
 
 @registry.register("evaluator", "distill")
-class DistillEvaluator:
+class DistillEvaluator(Evaluator):
     """Returns top1 (student), teacher_top1, agreement, kl, count."""
 
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
-        self.cfg = cfg
-        self.data_cfg = data_cfg
-        self.sharding = batch_sharding
+        super().__init__(cfg, data_cfg, batch_sharding)
         self.temperature = float(cfg.get("temperature", 1.0))
         if not self.temperature > 0:
             raise ConfigError(f"distill evaluator temperature must be > 0, got {self.temperature!r}.")
@@ -53,7 +50,7 @@ class DistillEvaluator:
         teacher_output = self.cfg.get("teacher_output", "teacher_logits")
         label_key = self.cfg.get("label_key", "label")
         totals = jnp.zeros(len(SUMS))
-        for batch in eval_global_batches(self.data_cfg, self.cfg.split, self.cfg.batch_size, self.sharding):
+        for batch in self.batches():
             outputs = predict(batch)
             if teacher_output not in outputs:
                 raise ConfigError(

@@ -1,7 +1,5 @@
 """Shared by the representation evaluators: run predict over a split once, gather to host.
 
-`eval_data_config(cfg, data_cfg)` lets one evaluator read another dataset or
-preprocessing than training (cfg fields `dataset`, `data_dir`, `preprocess`).
 `extract(...)` returns NumPy arrays of the real (unpadded) rows in split order.
 """
 from __future__ import annotations
@@ -10,24 +8,12 @@ import functools
 from typing import Any, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
 from jaxsup.data import pipeline, sources
 from jaxsup.data.pipeline import eval_global_batches
-from jaxsup.evaluators.base import Predict
+from jaxsup.evaluators.base import Evaluator, Predict, eval_data_config  # noqa: F401 (re-exported)
 from jaxsup.errors import ConfigError, DataError
-
-
-def eval_data_config(cfg: Any, data_cfg: Any) -> ml_collections.ConfigDict:
-    """data_cfg with the evaluator's overrides: cfg.dataset -> name, cfg.data_dir, cfg.preprocess."""
-    out = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
-    if cfg.get("dataset"):
-        out.name = cfg.dataset
-        out.data_dir = cfg.get("data_dir", "")
-    if cfg.get("preprocess"):
-        out.eval_preprocess = tuple(cfg.preprocess)
-    return out
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -116,7 +102,7 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (rank < k).astype(np.float64)
 
 
-class TrainTestFeatureEvaluator:
+class TrainTestFeatureEvaluator(Evaluator):
     """Base of evaluators that fit on features of cfg.train_split and test on cfg.split.
 
     cfg: train_split, split, batch_size, output ("features"), label_key ("label").
@@ -127,9 +113,7 @@ class TrainTestFeatureEvaluator:
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
         if not cfg.get("train_split"):
             raise ConfigError(f"{self.name} needs cfg.train_split (the split it fits on) and cfg.split.")
-        self.cfg = cfg
-        self.data_cfg = eval_data_config(cfg, data_cfg)
-        self.sharding = batch_sharding
+        super().__init__(cfg, data_cfg, batch_sharding)
 
     def train_test_features(self, predict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(x_train [N, D], y_train [N], x_test [M, D], y_test [M], num_classes) from `predict`."""

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from jaxsup import registry
-from jaxsup.evaluators.base import Predict
-from jaxsup.evaluators.features import eval_data_config, extract, normalize_rows
+from jaxsup.evaluators.base import Evaluator, Predict
+from jaxsup.evaluators.features import extract, normalize_rows
 from jaxsup.errors import ConfigError
 
 MATCHES = ("text", "pair", "label")
@@ -80,13 +80,11 @@ def retrieval_metrics(zimg: np.ndarray, ztxt: np.ndarray, groups: np.ndarray, ks
 
 
 @registry.register("evaluator", "retrieval")
-class RetrievalEvaluator:
+class RetrievalEvaluator(Evaluator):
     """See the module docstring."""
 
     def __init__(self, cfg: Any, data_cfg: Any, batch_sharding: jax.sharding.Sharding):
-        self.cfg = cfg
-        self.data_cfg = eval_data_config(cfg, data_cfg)
-        self.sharding = batch_sharding
+        super().__init__(cfg, data_cfg, batch_sharding)
         self.ks = tuple(cfg.get("ks", (1, 5, 10)))
         self.match = cfg.get("match", "text")
         check_match(self.match)

@@ -81,6 +81,54 @@ def test_binary_loss_value_equals_logconf_reference(seed, alpha):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def tie_cases():
+    """(logits, weak) where the logconf threshold falls exactly on a sample: all weak labels in one
+    class (threshold = the batch min or max of p_0), small B, and rows duplicated (equal p_0)."""
+    cases = []
+    for seed in range(8):
+        for batch in (1, 2, 3, 4, 5, 8, 13):
+            logits, _ = random_case(seed, batch, 2, scale=3.0)
+            if seed % 2:  # duplicated rows: ties between samples, not only with the threshold
+                logits = np.concatenate([logits, logits[:1]])
+            for cls in (0, 1):
+                cases.append((logits, np.eye(2, dtype=np.float32)[np.full(len(logits), cls)]))
+    return cases
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_binary_hardening_under_jit_at_ties_equals_logconf_rule(alpha):
+    """Inside one jit (softmax -> hardening -> loss -> gradient) the hard labels, loss and gradient
+    equal the NumPy transcription of logconf_loss_fn on every tie case (112 of them)."""
+
+    @jax.jit
+    def jitted(logits, weak_probs):
+        hard = weak.hardened_predictions(jax.nn.softmax(logits * 1.0), weak_probs)
+        value, grad = jax.value_and_grad(weak.aux_confidence_loss)(logits, weak_probs, alpha)
+        return hard, value, grad
+
+    bad = []
+    for i, (logits, weak_probs) in enumerate(tie_cases()):
+        hard, value, grad = jitted(logits, weak_probs)
+        probs = np_softmax(logits)
+        want = np_logconf_binary_hard(probs, weak_probs.astype(np.float64))
+        targets = (1 - alpha) * weak_probs + alpha * want
+        if not (np.array_equal(np.asarray(hard), want)
+                and np.isclose(float(value), np_soft_ce(logits, targets), rtol=1e-5, atol=1e-6)
+                and np.allclose(np.asarray(grad), (probs - targets) / len(logits), rtol=1e-5, atol=1e-7)):
+            bad.append(i)
+    assert not bad, f"{len(bad)} tie cases differ from the logconf rule under jit: {bad}"
+
+
+def test_lerp_quantile_equals_numpy_and_is_exact_between_equal_neighbours():
+    rng = np.random.default_rng(5)
+    values = rng.uniform(size=11).astype(np.float32)
+    values[3:6] = values[4]  # equal neighbours
+    for level in (0.0, 0.1, 0.3, 0.35, 0.5, 0.77, 1.0):
+        got = float(jax.jit(weak.lerp_quantile)(values, jnp.float32(level)))
+        assert got == np.quantile(values, np.float32(level)), level
+    assert float(weak.lerp_quantile(values, jnp.float32(0.35))) == values[4]
+
+
 # ------------------------------------------------------------ K classes
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("classes", [3, 5, 10])

@@ -7,19 +7,26 @@ supervisor's soft labels `w` [B, K].
   their class balance matches the weak labels' batch mean `w_bar = mean_i w_i`
   [K]. `hard(f)` is a constant (no gradient), as in the reference.
 
-Hardening rule (`hardened_predictions`), for K classes:
+Hardening rule (`hardened_predictions`):
 
-  tau_k  = quantile_i(p_ik, 1 - w_bar_k)     (linear interpolation, over the batch)
-  hard_i = onehot(argmax_k (p_ik - tau_k))   (ties -> the lowest class index)
+  K = 2:  hard_i = class 0 iff p_i0 >= quantile_i(p_i0, w_bar_1)
+          (openai/weak-to-strong `loss.py::logconf_loss_fn`, ties included)
+  K > 2:  tau_k  = quantile_i(p_ik, 1 - w_bar_k)
+          hard_i = onehot(argmax_k (p_ik - tau_k))   (ties -> the lowest class index)
 
-Each class's threshold is placed so that a fraction `w_bar_k` of the batch
-clears it; an example goes to the class it clears by the widest margin. For
-K = 2 this is exactly the rule of openai/weak-to-strong
-`loss.py::logconf_loss_fn` (class 0 iff `p_0 >= quantile(p_0, w_bar_1)`):
-with `p_1 = 1 - p_0`, `tau_1 = 1 - tau_0`, so the class-1 margin is
-`tau_0 - p_0`, the negative of the class-0 margin, and the tie `p_0 = tau_0`
-goes to class 0. For K > 2 the balance is that of the weak labels only
+Quantiles interpolate linearly over the batch with NumPy's / torch's `lerp`
+(exact when the two neighbours are equal). Each class's threshold is placed so
+that a fraction `w_bar_k` of the batch clears it; an example goes to the class
+it clears by the widest margin (for K = 2 the same rule in exact arithmetic;
+the binary branch applies logconf's comparison literally so that rounding
+cannot move a row). For K > 2 the balance is that of the weak labels only
 approximately (exactly when every example clears exactly one threshold).
+
+Determinism under `jit`: the probabilities are materialised once
+(`lax.optimization_barrier`) and both the threshold and the comparison read
+that one buffer. Without it XLA may compute them in two fusions whose last
+bits differ, and the row that sits exactly on the threshold (e.g. all weak
+labels in one class: the threshold is the batch min or max) changes class.
 
 The mixing weight warms up linearly and smoothly (`aux_alpha`):
 `a(t) = aux_coef * min(1, (t / T) / warmup_frac)`, unlike the reference, which
@@ -61,18 +68,38 @@ def aux_alpha(step: Any, total_steps: int, aux_coef: float, warmup_frac: float) 
     return aux_coef * jnp.minimum(1.0, frac / float(warmup_frac))
 
 
+def lerp_quantile(values: jax.Array, level: jax.Array) -> jax.Array:
+    """Linear-interpolation quantile of values [B] at `level` in [0, 1], as NumPy and torch compute it.
+
+    Sorted neighbours a <= b at fraction t: `a + (b - a) t` for t < 0.5, else `b - (b - a)(1 - t)`,
+    so a threshold between equal values is exactly that value (jnp.quantile's
+    `a (1 - t) + b t` can miss it by an ulp).
+    """
+    ordered = jnp.sort(values)
+    position = jnp.clip(level, 0.0, 1.0) * (values.shape[0] - 1)
+    low = jnp.floor(position)
+    frac = position - low
+    a = ordered[low.astype(jnp.int32)]
+    b = ordered[jnp.ceil(position).astype(jnp.int32)]
+    return jnp.where(frac < 0.5, a + (b - a) * frac, b - (b - a) * (1.0 - frac))
+
+
 def hardened_predictions(probs: jax.Array, weak_probs: jax.Array) -> jax.Array:
     """One-hot [B, K] f32 (no gradient): the student's predictions hardened to the weak balance.
 
     probs, weak_probs [B, K] (rows are distributions); see the module docstring.
     """
     check_weak_pair(probs, weak_probs)
-    probs = jax.lax.stop_gradient(probs.astype(jnp.float32))
+    probs = jax.lax.optimization_barrier(jax.lax.stop_gradient(probs.astype(jnp.float32)))
     weak_mean = jax.lax.stop_gradient(jnp.mean(weak_probs.astype(jnp.float32), axis=0))
-    levels = jnp.clip(1.0 - weak_mean, 0.0, 1.0)
-    thresholds = jax.vmap(jnp.quantile, in_axes=(1, 0))(probs, levels)  # [K]
-    classes = jnp.argmax(probs - thresholds[None, :], axis=-1)
-    return jax.nn.one_hot(classes, probs.shape[1], dtype=jnp.float32)
+    num_classes = probs.shape[1]
+    if num_classes == 2:  # logconf_loss_fn: class 0 iff p_0 >= quantile(p_0, mean weak_1)
+        classes = jnp.where(probs[:, 0] >= lerp_quantile(probs[:, 0], weak_mean[1]), 0, 1)
+    else:
+        levels = jnp.clip(1.0 - weak_mean, 0.0, 1.0)
+        thresholds = jax.vmap(lerp_quantile, in_axes=(1, 0))(probs, levels)  # [K]
+        classes = jnp.argmax(probs - thresholds[None, :], axis=-1)
+    return jax.nn.one_hot(classes, num_classes, dtype=jnp.float32)
 
 
 def aux_confidence_loss(

@@ -25,16 +25,17 @@ from pallas_kernels.linear_kd.common import KdLoss
 DEFAULT_TILE = 4096
 
 
-def _tile_start_and_mask(index: jax.Array, tile: int, vocab: int) -> tuple[jax.Array, jax.Array]:
-    """Start column of tile `index` (clamped to fit in V) and its new-column mask [1, tile]."""
+def tile_start_and_mask(index: jax.Array, tile: int, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """Start of tile `index` along a dim of size `vocab` (clamped to fit) and its
+    mask of not-yet-seen positions [1, tile]."""
     nominal = index * tile
     start = jnp.minimum(nominal, vocab - tile)
     valid = (start + jnp.arange(tile)) >= nominal
     return start, valid[None, :]
 
 
-def _sliced_tile(x: jax.Array, start: jax.Array, tile: int) -> jax.Array:
-    """Columns [start, start + tile) of x [R, V].
+def sliced(x: jax.Array, start: jax.Array, size: int, axis: int = 1) -> jax.Array:
+    """Positions [start, start + size) of x along `axis` (columns of x [R, V] by default).
 
     On CPU, 16-bit floats are sliced as uint16 bit patterns: XLA:CPU's float
     normalisation otherwise widens the bf16 dynamic-slice to f32 and hoists an
@@ -43,9 +44,9 @@ def _sliced_tile(x: jax.Array, start: jax.Array, tile: int) -> jax.Array:
     """
     is_16bit_float = x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating)
     if not is_16bit_float or jax.default_backend() != "cpu":
-        return lax.dynamic_slice_in_dim(x, start, tile, axis=1)
+        return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
     bits = lax.bitcast_convert_type(x, jnp.uint16)
-    return lax.bitcast_convert_type(lax.dynamic_slice_in_dim(bits, start, tile, axis=1), x.dtype)
+    return lax.bitcast_convert_type(lax.dynamic_slice_in_dim(bits, start, size, axis=axis), x.dtype)
 
 
 def _scaled_logit_tiles(
@@ -55,10 +56,10 @@ def _scaled_logit_tiles(
     """Student and teacher logits / T for one column tile, each [N, tile] f32."""
     s = jnp.dot(h_s, w_tile, preferred_element_type=jnp.float32) * inv_temperature
     if len(teacher) == 1:
-        t = _sliced_tile(teacher[0], start, tile).astype(jnp.float32)
+        t = sliced(teacher[0], start, tile).astype(jnp.float32)
     else:
         h_t, w_t = teacher
-        t = jnp.dot(h_t, _sliced_tile(w_t, start, tile), preferred_element_type=jnp.float32)
+        t = jnp.dot(h_t, sliced(w_t, start, tile), preferred_element_type=jnp.float32)
     return s, lax.stop_gradient(t * inv_temperature)
 
 
@@ -67,8 +68,8 @@ def _scan_tiles(body, init, h_s, w_s, teacher, tile, inv_temperature):
     vocab = w_s.shape[1]
 
     def step(carry, index):
-        start, valid = _tile_start_and_mask(index, tile, vocab)
-        w_tile = _sliced_tile(w_s, start, tile)
+        start, valid = tile_start_and_mask(index, tile, vocab)
+        w_tile = sliced(w_s, start, tile)
         s, t = _scaled_logit_tiles(h_s, w_tile, teacher, start, tile, inv_temperature)
         return body(carry, start, valid, w_tile, s, t), None
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.linear_kd import common
-from pallas_kernels.linear_kd.common import KdLoss
+from pallas_kernels.linear_kd.common import KdLoss, RowAux
 
 
 def divergence_rows(student_logits: jax.Array, teacher_logits: jax.Array, temperature: Any,
@@ -69,3 +69,22 @@ def fused_linear_kd_reference(
     """
     student_logits = jnp.dot(h_s, w_s, preferred_element_type=jnp.float32)
     return jnp.mean(divergence_rows(student_logits, teacher_logits_of(teacher), *loss))
+
+
+def fused_linear_kd_ce_reference(
+    h_s: jax.Array, w_s: jax.Array, teacher: tuple[jax.Array, ...], loss: KdLoss,
+    labels: jax.Array, kd_weights: jax.Array, ce_weights: jax.Array | None,
+):
+    """`sum_n kd_w[n] T^2 D_n + ce_w[n] CE_n` over full [N, V] logits, and the per-row
+    statistics (`RowAux`, without gradients)."""
+    logits = jnp.dot(h_s, w_s, preferred_element_type=jnp.float32)
+    t_logits = teacher_logits_of(teacher)
+    kd = divergence_rows(logits, t_logits, *loss)
+    total = jnp.sum(jnp.asarray(kd_weights, jnp.float32) * kd)
+    ce = jnp.zeros_like(kd)
+    if ce_weights is not None:
+        log_q = jax.nn.log_softmax(logits, axis=-1)
+        ce = -jnp.take_along_axis(log_q, jnp.asarray(labels, jnp.int32)[:, None], axis=1)[:, 0]
+        total = total + jnp.sum(jnp.asarray(ce_weights, jnp.float32) * ce)
+    aux = RowAux(kd, ce, jnp.argmax(logits, -1).astype(jnp.int32), jnp.argmax(t_logits, -1).astype(jnp.int32))
+    return total, jax.tree.map(jax.lax.stop_gradient, aux)

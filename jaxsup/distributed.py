@@ -7,8 +7,20 @@ Order of precedence:
 3. auto-detection by JAX on Cloud TPU pods and SLURM (`jax.distributed.initialize()`
    with no arguments), when TPU_WORKER_HOSTNAMES lists several hosts or
    SLURM_NTASKS > 1.
-A single process needs none of this. An unreachable coordinator fails after
-`timeout_s` with a message naming the address, instead of hanging.
+A single process needs none of this; given an address anyway (e.g.
+`launch/multihost_cpu.sh --processes 1`) it joins as a one-process run and
+then uses the same cross-process collectives as N processes (gloo on CPU):
+its sums round exactly as a run of N processes do, so a checkpoint moves
+between process counts bitwise (README, "Moving a run"). An unreachable
+coordinator fails after `timeout_s` with a message naming the address,
+instead of hanging.
+
+Dead peers: every process sends heartbeats to the coordinator; one silent for
+`heartbeat_timeout_s` (`--heartbeat_timeout`, env JAXSUP_HEARTBEAT_TIMEOUT;
+JAX's default 100 s) counts as dead and the surviving processes stop, so a
+scheduler can restart the job from its last checkpoint. Shorter notices a
+dead peer sooner; too short stops healthy runs whose hosts stall (long
+compiles, swapping, a slow filesystem).
 """
 from __future__ import annotations
 
@@ -25,6 +37,8 @@ from jaxsup.errors import LaunchError
 log = logging.getLogger("jaxsup")
 
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAXSUP_COORDINATOR_ADDRESS", "JAXSUP_NUM_PROCESSES", "JAXSUP_PROCESS_ID"
+ENV_HEARTBEAT = "JAXSUP_HEARTBEAT_TIMEOUT"
+HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's default
 
 
 class DistributedInitError(LaunchError):
@@ -67,12 +81,20 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = 300,
+    heartbeat_timeout_s: int | None = None,
 ) -> bool:
-    """Initializes jax.distributed when this is a multi-process launch; returns True if it did."""
+    """Initializes jax.distributed when this is a multi-process launch; returns True if it did.
+
+    heartbeat_timeout_s: seconds of silence after which a peer counts as dead
+    (None: env JAXSUP_HEARTBEAT_TIMEOUT, else HEARTBEAT_TIMEOUT_S).
+    """
+    heartbeat = heartbeat_timeout(heartbeat_timeout_s)
     address = coordinator_address or os.environ.get(ENV_ADDRESS)
     count = num_processes if num_processes is not None else _env_int(ENV_COUNT)
     index = process_id if process_id is not None else _env_int(ENV_ID)
-    if count is not None and count > 1:
+    if count == 1 and address and index is None:
+        index = 0
+    if count is not None and (count > 1 or address):  # one process with an address: see the module docstring
         if not address or index is None:
             raise LaunchError(
                 f"A {count}-process run needs a coordinator address and a process id "
@@ -89,7 +111,7 @@ def initialize(
     else:
         return False
     try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat)
     except Exception as err:  # XLA raises RuntimeError/XlaRuntimeError with a long message.
         where = kwargs.get("coordinator_address", "the auto-detected coordinator")
         raise DistributedInitError(
@@ -97,9 +119,18 @@ def initialize(
             f"(process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}): "
             f"is process 0 running and the port reachable? ({str(err).splitlines()[0][:200]})"
         ) from err
-    log.info("Process %d of %d joined (%d local devices).", jax.process_index(), jax.process_count(),
-             jax.local_device_count())
+    log.info("Process %d of %d joined (%d local devices; a peer silent for %d s counts as dead).",
+             jax.process_index(), jax.process_count(), jax.local_device_count(), heartbeat)
     return True
+
+
+def heartbeat_timeout(seconds: int | None = None) -> int:
+    """The dead-peer timeout: `seconds`, else env JAXSUP_HEARTBEAT_TIMEOUT, else JAX's default; >= 1."""
+    value = seconds if seconds is not None else _env_int(ENV_HEARTBEAT)
+    value = HEARTBEAT_TIMEOUT_S if value is None else value
+    if value < 1:
+        raise LaunchError(f"heartbeat timeout {value} s (--heartbeat_timeout / {ENV_HEARTBEAT}) must be >= 1.")
+    return value
 
 
 def any_process(flag: bool) -> bool:

@@ -3,7 +3,8 @@
 Only process 0 writes. `MetricWriter.write(step, {"train/loss": ...})`.
 TensorBoard files need the `tensorboard` package (extra `[tb]`); without it
 they are skipped with one log line. In a terminal, progress is one line
-rewritten in place (step/s, loss); otherwise (CI, logs) plain lines.
+rewritten in place (step/s, loss, elapsed time, ETA); otherwise (CI, logs)
+plain lines.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -47,12 +48,16 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 class MetricWriter:
     """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard; prints progress."""
 
-    def __init__(self, workdir: str, total_steps: int, interactive: bool | None = None):
+    def __init__(self, workdir: str, total_steps: int, interactive: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
+        self._clock = clock
+        self._start = clock()
+        self._first: tuple[int, float] | None = None  # (step, time) of the first progress line
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             self._tb = _tb_writer(os.path.join(workdir, "tb"))
@@ -67,11 +72,15 @@ class MetricWriter:
             self._tb(step, scalars)
 
     def progress(self, step: int, scalars: Mapping[str, float]) -> None:
-        """One progress line: step, loss, steps/s, examples/s."""
+        """One progress line: step, loss, steps/s, elapsed time (since the writer started), ETA."""
         if not self.enabled:
             return
+        now = self._clock()
+        self._first = self._first or (step, now)
+        eta = eta_seconds(step, self.total_steps, *self._first, now)
         shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in scalars.items())
-        line = f"step {step}/{self.total_steps} {shown}"
+        timing = f"elapsed={format_duration(now - self._start)} eta={'?' if eta is None else format_duration(eta)}"
+        line = f"step {step}/{self.total_steps} {shown} {timing}"
         if self.interactive:
             sys.stderr.write("\r" + line[:200].ljust(120))
             sys.stderr.flush()
@@ -83,6 +92,23 @@ class MetricWriter:
             sys.stderr.write("\n")
         if self._tb is not None:
             self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+    """42s, 3m05s, 2h07m."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def eta_seconds(step: int, total: int, first_step: int, first_time: float, now: float) -> float | None:
+    """Time left at the mean rate since (first_step, first_time); None before a step has been timed."""
+    if step <= first_step or now <= first_time:
+        return None
+    return (total - step) * (now - first_time) / (step - first_step)
 
 
 class StepTimer:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, sharding
+from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding
 from jaxsup.data import pipeline, preprocess, splits
 from jaxsup.errors import ConfigError, NonFiniteError
 
@@ -35,6 +35,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
     flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
+    flags.DEFINE_integer("heartbeat_timeout", None, "Seconds without a heartbeat after which a peer process "
+                         "counts as dead and the run stops (default: env JAXSUP_HEARTBEAT_TIMEOUT, else 100).")
 
 
 def example_global(example: dict, batch_sharding, config) -> dict:
@@ -160,6 +162,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     finally:
         ckpt.close()
         writer.close()
+    if jax.process_index() == 0:
+        plot.write_run_plot(workdir)
     return last
 
 
@@ -170,7 +174,8 @@ def main(argv) -> None:
     if FLAGS.config is None:
         raise app.UsageError("--config is required (e.g. configs/supervised_digits.py).")
     cli.setup_logging()
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout,
+                           FLAGS.heartbeat_timeout)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -163,3 +163,53 @@ def test_launch_scripts_dry_run_print_the_commands(script, args, expected, tmp_p
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout and "jaxsup.train" in result.stdout
     assert not os.listdir(tmp_path)  # A dry run creates nothing.
+
+
+def test_heartbeat_timeout_reaches_jax_distributed(monkeypatch):
+    from jaxsup import distributed
+    from jaxsup.errors import LaunchError
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv(distributed.ENV_HEARTBEAT, raising=False)
+    assert distributed.initialize("127.0.0.1:1", 2, 0, timeout_s=5)  # process 0 waits for no one
+    monkeypatch.setenv(distributed.ENV_HEARTBEAT, "7")
+    distributed.initialize("127.0.0.1:1", 2, 0, timeout_s=5)
+    distributed.initialize("127.0.0.1:1", 2, 0, timeout_s=5, heartbeat_timeout_s=9)  # the flag beats the env
+    distributed.initialize("127.0.0.1:1", 1, None, timeout_s=5)  # one process given an address joins too
+    assert [c["heartbeat_timeout_seconds"] for c in calls] == [100, 7, 9, 7]
+    assert (calls[-1]["num_processes"], calls[-1]["process_id"]) == (1, 0)
+    with pytest.raises(LaunchError, match="heartbeat timeout 0 s"):
+        distributed.initialize("127.0.0.1:1", 2, 0, heartbeat_timeout_s=0)
+    monkeypatch.delenv(distributed.ENV_HEARTBEAT)
+    assert not distributed.initialize(None, 1, None)  # a plain single process: no jax.distributed
+    assert len(calls) == 4
+
+
+@pytest.mark.slow
+def test_a_dead_peer_stops_the_run_after_the_heartbeat_timeout(tmp_path):
+    """SIGKILL process 1 mid-run: process 0 stops about --heartbeat_timeout later (JAX's default: 100 s)."""
+    heartbeat, workdir, port = 5, tmp_path / "run", free_port()
+    config = tiny_supervised_config(total_steps=10**6, mesh=(("data", -1),), **{"checkpoint.every": 10**6})
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+               "JAXSUP_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAXSUP_NUM_PROCESSES": "2", "JAXSUP_PROCESS_ID": str(i)}
+        cmd = [sys.executable, "-m", "jaxsup.train", "--config", CONFIG + ":runlocal", "--workdir", str(workdir),
+               *cli_overrides(config), f"--heartbeat_timeout={heartbeat}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(tmp_path / f"process_{i}.log", "w"),
+                                      stderr=subprocess.STDOUT))
+    try:
+        deadline = time.time() + 240
+        while not (workdir / "metrics.jsonl").exists() or max(train_losses(str(workdir)) or [0]) < 3:
+            assert time.time() < deadline and procs[0].poll() is None, "the run did not start"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        assert procs[0].wait(timeout=heartbeat + 60) != 0
+        assert time.time() - killed < heartbeat + 30
+        assert "stopped sending heartbeats" in (tmp_path / "process_0.log").read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxsup import plot
 from jaxsup.errors import ConfigError
 
 log = logging.getLogger("jaxsup")
@@ -116,13 +117,9 @@ def markdown_table(summary: Mapping[str, Any], title: str = "Weak-to-strong") ->
 
 def plot_accuracies(summary: Mapping[str, Any], path: str, title: str = "Weak-to-strong") -> str | None:
     """Bar chart of the mean accuracies with per-seed points; returns the path, None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot written (pip install 'jaxsup[plot]' or matplotlib).")
+    plt = plot.pyplot()
+    if plt is None:
+        log.warning("%s: no plot written.", plot.MISSING)
         return None
     keys = list(summary["accuracy"])
     means = [100 * summary["accuracy"][k]["mean"] for k in keys]

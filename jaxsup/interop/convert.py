@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxsup.errors import CheckpointError, ConfigError
+from jaxsup.errors import ConfigError
 from jaxsup.interop import big_vision, files, open_clip
 from jaxsup.interop.rules import check_against  # noqa: F401 (re-exported)
 
@@ -74,6 +74,26 @@ def import_file(fmt: str, path: str, img_heads: int, txt_heads: int) -> tuple[di
     return import_arrays(fmt, arrays, img_heads, txt_heads, repr(path))
 
 
+def heads_of(expected: dict[str, tuple[int, ...]], tower: str) -> int:
+    """Attention heads of `tower` ("img" / "txt") from the model's query kernel [D, H, D/H] (0 if none)."""
+    shape = expected.get(f"{tower}/encoder/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
+    return int(shape[1]) if shape else 0
+
+
+def load_for_model(spec: str, expected: dict[str, tuple[int, ...]],
+                   dtypes: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """"FORMAT:PATH" -> flat params matching `expected` (our key -> shape), cast to `dtypes`.
+
+    Everything is read and checked before anything is returned: a mismatch is one
+    CheckpointError naming each missing / unexpected key and both shapes.
+    """
+    fmt, path = parse_init(spec)
+    flat, origin = import_file(fmt, path, heads_of(expected, "img"), heads_of(expected, "txt"))
+    check_against(flat, expected, origin, repr(path))
+    dtypes = dtypes or {}
+    return {k: v.astype(dtypes.get(k, np.float32)) for k, v in flat.items()}
+
+
 def export_flat(fmt: str, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """jaxsup flat two-tower params -> the arrays of `fmt` ("open_clip" layout chosen by the image head)."""
     flat = {k: np.asarray(v).astype(np.float32) for k, v in flat.items()}
@@ -85,15 +105,19 @@ def export_flat(fmt: str, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     raise ConfigError(f"Unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}.")
 
 
+OUT_SUFFIX = {"open_clip": ".safetensors", "npz": ".npz"}
+
+
+def check_out(fmt: str, path: str) -> None:
+    """ConfigError unless `path` suits `fmt` and can be created without replacing a file."""
+    if fmt not in OUT_SUFFIX:
+        raise ConfigError(f"Unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}.")
+    if not path.endswith(OUT_SUFFIX[fmt]):
+        raise ConfigError(f"{fmt} export writes {OUT_SUFFIX[fmt]} files: --out must end in it, got {path!r}.")
+    files.check_new_path(path)
+
+
 def write(fmt: str, arrays: dict[str, np.ndarray], path: str) -> None:
     """Writes exported arrays: safetensors for "open_clip", .npz for "npz"."""
-    if fmt == "open_clip":
-        if not path.endswith(".safetensors"):
-            raise ConfigError(f"open_clip export writes safetensors: --out must end in .safetensors, got {path!r}.")
-        files.write_safetensors(arrays, path)
-    elif fmt == "npz":
-        if not path.endswith(".npz"):
-            raise ConfigError(f"npz export: --out must end in .npz, got {path!r}.")
-        files.write_npz(arrays, path)
-    else:
-        raise CheckpointError(f"Unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}.")
+    check_out(fmt, path)
+    (files.write_safetensors if fmt == "open_clip" else files.write_npz)(arrays, path)

@@ -83,12 +83,17 @@ def write_npz(flat: dict[str, np.ndarray], path: str) -> None:
     _write_new(path, lambda f: np.savez(f, **flat))
 
 
-def _write_new(path: str, write) -> None:
+def check_new_path(path: str) -> None:
+    """ConfigError if `path` exists or its directory does not."""
     if os.path.exists(path):
         raise ConfigError(f"Refusing to overwrite {path!r}: choose a new --out path or remove it first.")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ConfigError(f"Output directory {parent!r} does not exist.")
+
+
+def _write_new(path: str, write) -> None:
+    check_new_path(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

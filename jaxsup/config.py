@@ -76,6 +76,8 @@ def _sections() -> dict[str, dict[str, Any]]:
         "coteaching": dict(forget_rate=-1.0, gradual_frac=0.2, feature_dropout=0.0, dropout_kind="dropout",
                            **_augment_fields()),
         "look": dict(loss="look", k=20, tau=0.1, momentum=0.5, pretrain_classes=10, **_augment_fields()),
+        "tgeo": dict(teacher=teacher_spec(), mode="learned", alpha=0.5, temperature=4.0, val_examples=72, hidden=32,
+                     inner_lr=0.1),
     }
 
 
@@ -92,6 +94,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "sla": ("sla",),
     "coteaching": ("label_noise", "coteaching"),
     "look": ("look",),
+    "tgeo_kd": ("tgeo",),
 }
 
 

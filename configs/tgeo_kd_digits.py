@@ -1,0 +1,45 @@
+"""Trilateral-geometry KD on digits: a learned per-sample KD/CE ratio vs a constant one.
+
+    python -m jaxsup.train --config configs/supervised_digits.py --workdir /tmp/jaxsup/teacher
+    python -m jaxsup.train --config configs/tgeo_kd_digits.py --workdir /tmp/jaxsup/tgeo \
+        --config.tgeo.teacher.path=/tmp/jaxsup/teacher
+    python -m jaxsup.train --config configs/tgeo_kd_digits.py:fixed --workdir /tmp/jaxsup/tgeo_fixed \
+        --config.tgeo.teacher.path=/tmp/jaxsup/teacher
+
+Task "tgeo_kd" (jaxsup/tasks/tgeo_kd.py): the MLP-64 student trains on the
+first 215 examples of train[:20%] (287 images), the last 72 are the held-out
+validation rows of the ratio network's one-step bilevel update. Teacher:
+any finished classifier run (its model is read from its config.json); a weak
+teacher (e.g. supervised_digits.py with data.train_split="train[:5%]" and
+total_steps=100) makes the teacher wrong on more of the student's examples,
+the setting where a per-sample ratio can matter.
+
+`arg` switches: "fixed" (baseline: constant alpha = tgeo.alpha, same rows),
+"runlocal".
+"""
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+
+SWITCHES = ("fixed", "runlocal")
+
+
+def get_config(arg=None):
+    args = parse_switches(arg, SWITCHES)
+    c = base_config("tgeo_kd")
+    c.model_name = "mlp"
+    c.model = dict(widths=(64,), num_classes=10)
+    c.data.train_split = "train[:20%]"
+    c.tgeo.val_examples = 72
+    c.tgeo.alpha = 0.5
+    c.tgeo.temperature = 4.0
+    c.batch_size = 64
+    c.total_steps = 600
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 50
+    c.log_every = 50
+    c.checkpoint.every = 300
+    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    if "fixed" in args:
+        c.tgeo.mode = "fixed"
+    if "runlocal" in args:
+        shrink_for_runlocal(c)
+    return c

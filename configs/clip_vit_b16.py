@@ -4,24 +4,35 @@
     python -m jaxsup.train --config configs/clip_vit_b16.py:spm=/path/to/spm.model --workdir $WORKDIR
 
 Needs `coco_captions` and `cifar10` prepared (array_record) under
-$TFDS_DATA_DIR (jaxsup never downloads). Images arrive decoded (TFDS decodes
-with Pillow) and are resized to 224x224 on the host (`resize:224`); one of the
-~5 captions per image is chosen per example by hash (`pick_caption:choice=hash`).
+$TFDS_DATA_DIR (jaxsup never downloads). Host (jaxsup/data/image_ops.py):
+train images get an inception crop (area 0.9-1) to 224x224, eval images the
+shorter side to 224 and the central 224 crop; they travel to the devices as
+uint8 and become floats in [0, 1] there. One of the ~5 captions per image is
+chosen per example by hash (`pick_caption:choice=hash`).
 Tokenizer: bytes (max_len 96) by default, or a local SentencePiece model
 ("spm=PATH", max_len 64). The loss runs as a device ring over mesh axis "data"
 (impl="ring"); parameters are FSDP-sharded.
 
-`arg` switches (comma-separated): "spm=PATH"; "runlocal" switches to the
-offline digits CLIP config (configs/clip_digits.py:runlocal) so it runs on a
-laptop without any dataset.
+`arg` switches (comma-separated): "spm=PATH"; "runlocal" keeps the model
+family (ViT patch 16 + text transformer), the ring loss, FSDP rules, datasets
+and ops, and shrinks sizes (32 px images, 1-layer towers, batch 16, 4 steps),
+as big_vision's runlocal does (tests run it on tfds.testing.mock_data).
 """
-from jaxsup.config import base_config, derive, parse_switches
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+
+RUNLOCAL_SIZE = 32  # image side under runlocal (two 16-px patches per side)
+
+
+def image_ops(size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(train, eval) host image ops: inception crop / shorter side + central crop, uint8 out."""
+    return (("decode", f"inception_crop:size={size},scale_min=0.9"),
+            ("decode", f"resize_small:{size}", f"central_crop:{size}"))
 
 
 def get_config(arg=None):
     args = parse_switches(arg, ("runlocal",), valued=("spm",))
-    if "runlocal" in args:
-        return derive(__file__, "clip_digits.py", "runlocal")
+    size = RUNLOCAL_SIZE if "runlocal" in args else 224
+    train_image, eval_image = image_ops(size)
     if "spm" in args:  # vocab_size 0: the clip task reads it from the SentencePiece model
         tokenizer, max_len, vocab_size = args["spm"], 64, 0
     else:
@@ -44,10 +55,10 @@ def get_config(arg=None):
     )
     c.data.name = "coco_captions"
     c.data.train_split = "train"
-    c.data.preprocess = ("resize:224", "image_to_float", "pick_caption:feature=captions/text,choice=hash",
-                         tokenize, "keep:image,tokens")
-    c.data.eval_preprocess = ("resize:224", "image_to_float", "pick_caption:feature=captions/text,choice=first",
-                              tokenize, "keep:image,tokens")
+    c.data.preprocess = (*train_image, "pick_caption:feature=captions/text,choice=hash", tokenize,
+                         "keep:image,tokens")
+    c.data.eval_preprocess = (*eval_image, "pick_caption:feature=captions/text,choice=first", tokenize,
+                              "keep:image,tokens")
     c.batch_size = 4096
     c.total_steps = 10_000  # ~500 epochs of COCO's 82k train images
     c.optim.name = "adamw"
@@ -64,7 +75,22 @@ def get_config(arg=None):
         zero_shot=dict(
             type="zero_shot", dataset="cifar10", split="test", every=1000, batch_size=1024,
             templates="generic", tokenizer=tokenizer, max_len=max_len,
-            preprocess=("resize:224", "image_to_float", "label_to_int32", "keep:image,label"),
+            preprocess=(*eval_image, "label_to_int32", "keep:image,label"),
         ),
     )
+    if "runlocal" in args:
+        shrink_to_runlocal(c, max_len)
     return c
+
+
+def shrink_to_runlocal(c, max_len: int):
+    """Same family, loss, rules, data and ops; tiny sizes (see the module docstring)."""
+    c.model.image_kwargs = dict(variant="B/16", width=32, depth=1, mlp_dim=64, num_heads=2, num_classes=None)
+    c.model.text_kwargs = dict(c.model.text_kwargs, width=32, depth=1, num_heads=2, mlp_dim=64)
+    c.model.embed_dim = 32
+    c.model.dtype = "float32"
+    c.batch_size = 16
+    c.optim.warmup_steps = 1
+    for ev in c.evals.values():
+        ev.batch_size = 16
+    return shrink_for_runlocal(c, steps=4)

@@ -4,8 +4,7 @@
 
 Same as configs/clip_vit_b16.py (see there: data, tokenizer, "spm=PATH") with
 config.clip.loss = "sigmoid", the SigLIP ring over mesh axis "data".
-"runlocal" switches to the offline digits SigLIP config
-(configs/siglip_digits.py:runlocal) so it runs on a laptop without any dataset.
+"runlocal" shrinks sizes and keeps everything else (see clip_vit_b16.py).
 """
 from jaxsup.config import derive
 

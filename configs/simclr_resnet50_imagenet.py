@@ -4,7 +4,7 @@
 
 Needs `imagenet2012` prepared (array_record) under $TFDS_DATA_DIR (never
 downloaded). Host: images (decoded by TFDS) resized to 224x224 (`resize:224`,
-aspect not kept); device: two SimCLR views per image (random resized crop
+aspect not kept; eval: shorter side 224 + central crop), sent as uint8; device: two SimCLR views per image (random resized crop
 0.08-1, flip, colour jitter strength 1.0, grayscale 0.2, blur 0.5), as in
 Chen et al. 2020. Head: 3-layer MLP with BN, 128-d output; tau 0.1; LARS with
 lr 0.3 x batch/256, weight decay 1e-6, 10 warmup epochs, cosine decay. The
@@ -14,18 +14,19 @@ Evaluation of the frozen 2048-d encoder features on "validation": a linear
 probe (L-BFGS logistic regression) and 20-NN, both fit on 10% of train
 (1.28M x 2048 features would not fit the evaluator's host memory comfortably).
 
-`arg` switches: "runlocal" switches to the offline digits SimCLR config
-(configs/simclr_digits.py:runlocal) so it runs on a laptop without ImageNet.
+`arg` switches: "runlocal" keeps the ResNet family, the NT-Xent ring, FSDP
+rules, dataset and ops, and shrinks sizes (ResNet-18 at width 1/8, 32 px,
+batch 16, 4 steps), as big_vision's runlocal does (tests run it on
+tfds.testing.mock_data).
 """
-from jaxsup.config import base_config, derive, parse_switches
+from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 
 IMAGENET_TRAIN = 1_281_167
 
 
 def get_config(arg=None):
     args = parse_switches(arg, ("runlocal",))
-    if "runlocal" in args:
-        return derive(__file__, "simclr_digits.py", "runlocal")
+    size = 32 if "runlocal" in args else 224
     c = base_config("simclr")
     c.model_name = "resnet"
     c.model = dict(depth=50, num_classes=None, norm="batch")
@@ -34,8 +35,9 @@ def get_config(arg=None):
     c.simclr.augment = dict(crop_scale=(0.08, 1.0), flip=True, jitter_strength=1.0, blur_prob=0.5)
     c.simclr.head = dict(num_layers=3, hidden_dim=2048, output_dim=128, use_bn=True)
     c.data.name = "imagenet2012"
-    c.data.preprocess = ("resize:224", "image_to_float", "keep:image")
-    c.data.eval_preprocess = ("resize:224", "image_to_float", "label_to_int32", "keep:image,label")
+    c.data.preprocess = (f"resize:{size}", "keep:image")
+    c.data.eval_preprocess = ("decode", f"resize_small:{size}", f"central_crop:{size}", "label_to_int32",
+                              "keep:image,label")
     c.batch_size = 4096
     steps_per_epoch = IMAGENET_TRAIN // c.batch_size
     c.total_steps = 100 * steps_per_epoch
@@ -54,4 +56,14 @@ def get_config(arg=None):
         linear_probe=dict(type="linear_probe", l2=1e-4, steps=500, **probe),
         knn=dict(type="knn", k=20, weighting="similarity", temperature=0.07, **probe),
     )
+    if "runlocal" in args:
+        c.model = dict(depth=18, width=0.125, num_classes=None, norm="batch")
+        c.simclr.head = dict(num_layers=2, hidden_dim=32, output_dim=16, use_bn=True)
+        c.batch_size = 16
+        c.optim.warmup_steps = 1
+        c.optim.lr = 0.3 * c.batch_size / 256
+        for ev in c.evals.values():
+            ev.update(batch_size=16, train_split="train[:50%]")
+        c.evals.knn.k, c.evals.linear_probe.steps = 5, 20
+        shrink_for_runlocal(c, steps=4)
     return c

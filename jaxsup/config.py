@@ -62,9 +62,11 @@ def _sections() -> dict[str, dict[str, Any]]:
     return {
         "clip": dict(loss="softmax", block_impl="chunked", grad_cache_micro_batches=1, tokenizer="",
                      **_contrastive_fields()),
-        "simclr": dict(tau=0.1, augment={}, head={}, **_contrastive_fields()),
+        "simclr": dict(loss="nt_xent", views=2, tau=0.1, cacr=dict(t_pos=1.0, t_neg=1.0, alpha=1.0, beta=1.0),
+                       augment={}, head={}, **_contrastive_fields()),
         "distill": dict(teacher=teacher_spec(), kind="kl", beta=0.5, temperature=4.0, alpha=0.9,
-                        labelled_split="", nd_lambda=0.0, **_augment_fields()),
+                        labelled_split="", nd_lambda=0.0, fused_head=False, fused_teacher="logits",
+                        fused_impl="chunked", **_augment_fields()),
         "finetune": dict(init_from="", init_subtree="params/encoder", init_state_subtree="task_state/encoder",
                          init_step=-1, init_skip=("head",), **_augment_fields()),
         "pskd": dict(alpha_T=0.8, **_augment_fields()),
@@ -78,6 +80,8 @@ def _sections() -> dict[str, dict[str, Any]]:
         "look": dict(loss="look", k=20, tau=0.1, momentum=0.5, pretrain_classes=10, **_augment_fields()),
         "tgeo": dict(teacher=teacher_spec(), mode="learned", alpha=0.5, temperature=4.0, val_examples=72, hidden=32,
                      inner_lr=0.1),
+        "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
+                         templates="digits_heldout", temperature=1.0),
     }
 
 
@@ -95,6 +99,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "coteaching": ("label_noise", "coteaching"),
     "look": ("look",),
     "tgeo_kd": ("tgeo",),
+    "promptkd": ("promptkd",),
 }
 
 
@@ -118,9 +123,12 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.data.name = "digits"  # a local registered dataset or a TFDS name
     c.data.data_dir = ""  # TFDS root; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.train_split = "train"
+    c.data.batch_guide = ""  # .npz of pseudo-classes: no two of one class in a batch (data/guided_batches.py)
     c.data.preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.data.eval_preprocess = ()  # () -> same as preprocess
     c.data.prefetch = 4
+    c.data.workers = 2  # threads preparing batches (jaxsup/data/pipeline.py; measured best on 2 cores)
+    c.data.worker_processes = 0  # grain worker processes on top (many-core hosts: sidesteps the GIL)
 
     c.batch_size = 128  # global, over all processes and devices
     c.total_steps = 1000
@@ -142,11 +150,13 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.partition_rules = ((".*", "replicate"),)
 
     c.log_every = 50
-    c.checkpoint = ConfigDict(dict(every=500, keep=2, async_save=True))
+    # keep >= 1; strict: an unreadable newest checkpoint stops the run instead of resuming from the one before.
+    c.checkpoint = ConfigDict(dict(every=500, keep=2, async_save=True, strict=False))
 
     # name -> ConfigDict(type=<registered evaluator>, split, every, batch_size, ...)
     c.evals = ConfigDict()
     c.nan_policy = "stop"  # stop: raise naming the metrics | skip: drop the update, count it
+    c.max_consecutive_skips = 5  # nan_policy=skip: more non-finite steps in a row than this stop the run
 
     # Scale and performance.
     c.grad_accum_steps = 1  # micro-batches per step (must divide the per-device batch)

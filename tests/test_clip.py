@@ -121,13 +121,19 @@ def test_smoke_train_with_zero_shot_and_retrieval(tmp_path, spec):
     assert ("train/bias" in metrics) == ("siglip" in spec)
 
 
-def test_real_scale_configs_load_and_runlocal_switches_to_digits():
+def test_real_scale_configs_runlocal_keeps_family_loss_rules_and_data():
+    """runlocal shrinks sizes only (big_vision style); it is run on mock TFDS data in test_real_datasets.py."""
     for name in ("clip_vit_b16", "siglip_vit_b16"):
         full = load_config(os.path.join(ROOT, f"configs/{name}.py"))
         local = load_config(os.path.join(ROOT, f"configs/{name}.py:runlocal"))
-        assert full.model.image_kwargs.variant == "B/16" and full.data.name == "coco_captions"
-        assert local.data.name == "digits" and local.task == full.task == "clip"
-        assert local.clip.loss == full.clip.loss == ("sigmoid" if "siglip" in name else "softmax")
+        for c in (full, local):
+            assert c.model.image_kwargs.variant == "B/16" and c.data.name == "coco_captions" and c.task == "clip"
+            assert c.clip.impl == "ring" and tuple(c.partition_rules) == ("fsdp",)
+            assert c.clip.loss == ("sigmoid" if "siglip" in name else "softmax")
+            assert sorted(c.evals) == ["retrieval", "zero_shot"] and c.evals.zero_shot.dataset == "cifar10"
+        assert full.data.preprocess[1] == "inception_crop:size=224,scale_min=0.9"
+        assert local.data.preprocess[1] == "inception_crop:size=32,scale_min=0.9"
+        assert local.batch_size < full.batch_size and local.total_steps < full.total_steps
 
 
 def test_unprojectable_image_tower_is_a_clear_error():

@@ -169,9 +169,12 @@ def test_bad_simclr_options_are_named():
         build_task(tiny_simclr_config(**{"simclr.head": dict(depth=2)}), mesh)
 
 
-def test_imagenet_config_loads_and_runlocal_switches_to_digits():
+def test_imagenet_config_loads_and_runlocal_keeps_family_loss_and_data():
     full = load_config(os.path.join(ROOT, "configs/simclr_resnet50_imagenet.py"))
     local = load_config(os.path.join(ROOT, "configs/simclr_resnet50_imagenet.py:runlocal"))
     assert (full.data.name, full.model.depth, full.optim.name, full.simclr.impl) == ("imagenet2012", 50, "lars", "ring")
     assert full.optim.lr == pytest.approx(0.3 * full.batch_size / 256)
-    assert local.data.name == "digits" and local.task == "simclr" and local.total_steps == 20
+    assert (local.data.name, local.model_name, local.optim.name, local.simclr.impl) == ("imagenet2012", "resnet",
+                                                                                        "lars", "ring")
+    assert tuple(local.partition_rules) == tuple(full.partition_rules) == ("fsdp",)
+    assert local.task == "simclr" and local.total_steps == 4 and local.model.depth == 18

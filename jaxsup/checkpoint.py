@@ -8,10 +8,14 @@ model fails with the mismatched keys and shapes named, before anything loads
 (dtypes are not compared: a restore casts, e.g. f32 params into a bf16 target).
 A run never deletes checkpoints other than by keep-N rotation after a
 successful save, and a step that already exists is never written again.
+A newest checkpoint that cannot be read is moved aside (never deleted) to
+`<workdir>/checkpoints_unreadable/<step>` and the run resumes from the newest
+one that restores (`restore_newest_readable`; strict=True stops instead).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from typing import Any
@@ -19,10 +23,22 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxsup.errors import CheckpointError
+from jaxsup.errors import CheckpointError, ConfigError
 from jaxsup.sharding import path_str
 
+log = logging.getLogger("jaxsup")
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"  # where an unreadable step is moved aside, next to CHECKPOINT_DIR
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read back (corrupt, truncated, or a path Orbax misreads)."""
+
+
+def short_reason(err: BaseException, limit: int = 160) -> str:
+    """The first `limit` characters of an (often 2 KB, multi-line) storage-layer message."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def check_path(path: str) -> None:
@@ -100,6 +116,9 @@ class Checkpointer:
     """Saves and restores one run's TrainState with an Orbax CheckpointManager."""
 
     def __init__(self, workdir: str, *, every: int, keep: int = 2, async_save: bool = True):
+        if int(keep) < 1:
+            raise ConfigError(f"config.checkpoint.keep={keep}: keep at least 1 checkpoint (the newest is what a "
+                              "run resumes from; Orbax would keep none).")
         self.every = int(every)
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         check_path(self.directory)
@@ -137,6 +156,19 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
+    def check_readable(self, step: int) -> None:
+        """Waits for the save of `step`, then reads its metadata back; CheckpointError if it cannot be.
+
+        Cheap (no arrays are read): run after a run's first save, so a run whose
+        checkpoints can never be restored stops at once instead of at the end.
+        """
+        self.wait()
+        try:
+            _saved_state_metadata(self._manager, step, self.directory)
+        except CheckpointError as err:
+            raise CheckpointError(f"The checkpoint just saved ({self.directory}/{step}) does not read back, so this "
+                                  f"run could never be resumed; stopping. Cause: {short_reason(err, 300)}") from err
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
@@ -167,13 +199,73 @@ class Checkpointer:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         return _restore_state_and_meta(self._manager, step, target, self.directory)
 
+    def restore_newest_readable(self, target: Any, strict: bool = False) -> tuple[Any, dict[str, Any]]:
+        """Restores the newest checkpoint that reads back (see `restore`).
+
+        An unreadable newer step is moved aside to `<workdir>/checkpoints_unreadable/<step>`
+        (kept, never deleted) with a warning naming it, so this run can save
+        that step again. strict=True (or no older step) -> CheckpointError
+        naming the directory to move aside. A checkpoint that reads but does not
+        match the model is never skipped: that is a config error.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"No checkpoint in {self.directory}.")
+        for i, step in enumerate(steps):
+            try:
+                restored = self.restore(target, step)
+            except UnreadableCheckpointError as err:
+                older = steps[i + 1] if i + 1 < len(steps) else None
+                if strict or older is None:
+                    raise CheckpointError(_unreadable_message(self.directory, step, older, err, strict)) from err
+                log.warning("Checkpoint %s/%d cannot be read (%s); trying step %d. Step %d is kept, moved aside.",
+                            self.directory, step, short_reason(err), older, step)
+                continue
+            if i:
+                self._move_aside(steps[:i])
+            return restored
+        raise AssertionError("unreachable")
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Moves unreadable step dirs to UNREADABLE_DIR (process 0), then all processes re-list the steps."""
+        if jax.process_index() == 0:
+            for step in steps:
+                dest = _free_path(os.path.join(os.path.dirname(self.directory), UNREADABLE_DIR, str(step)))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(os.path.join(self.directory, str(step)), dest)
+                log.warning("Unreadable checkpoint step %d moved aside to %s (not deleted).", step, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxsup_checkpoint_move_aside")
+        self._manager.reload()
+
+
+def _free_path(path: str) -> str:
+    """`path`, or `path.1`, `path.2`, ... : the first that does not exist (nothing is overwritten)."""
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate
+
+
+def _unreadable_message(directory: str, step: int, older: int | None, err: BaseException, strict: bool) -> str:
+    where = os.path.join(directory, str(step))
+    if older is None:
+        return f"Checkpoint {where} cannot be read and no older one exists ({short_reason(err)})."
+    why = "config.checkpoint.strict=True" if strict else "it cannot be read"
+    return (f"Checkpoint {where} cannot be read ({short_reason(err)}); move that directory aside (out of "
+            f"{directory}) to resume from step {older}, or set config.checkpoint.strict=False to do so "
+            f"automatically ({why}).")
+
 
 def _saved_state_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Any:
     try:
         meta = manager.item_metadata(step)
         tree = meta["state"] if "state" in meta else None
     except Exception as err:  # Orbax raises many types for unreadable dirs.
-        raise CheckpointError(f"Checkpoint {where} step {step} is unreadable or corrupt: {err}") from err
+        raise UnreadableCheckpointError(f"Checkpoint {where} step {step} is unreadable or corrupt: {err}") from err
     if tree is None:
         raise CheckpointError(f"Checkpoint {where} step {step} has no 'state' item.")
     return getattr(tree, "tree", tree)
@@ -191,7 +283,7 @@ def _restore_state_and_meta(manager, step, target, where) -> tuple[Any, dict[str
             ),
         )
     except Exception as err:
-        raise CheckpointError(f"Restoring {where} step {step} failed: {err}") from err
+        raise UnreadableCheckpointError(f"Restoring {where} step {step} failed: {err}") from err
     return restored["state"], dict(restored["meta"] or {})
 
 
@@ -286,3 +378,12 @@ def check_same_run(meta: dict[str, Any], config: Any, where: str) -> None:
             "the data order. Use a new --workdir, or restore its params with restore_subtree."
         )
 
+
+
+def schedule_change(meta: dict[str, Any], config: Any) -> str | None:
+    """A note if config.total_steps differs from the checkpoint's (the LR schedule spans total_steps)."""
+    saved = json.loads(meta.get("config") or "{}").get("total_steps")
+    if saved is None or int(saved) == int(config.total_steps):
+        return None
+    return (f"total_steps changed from {saved} (checkpoint) to {config.total_steps}: the learning-rate schedule "
+            f"(warmup/decay over total_steps) changes from step {meta.get('step', '?')} on.")

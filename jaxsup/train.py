@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import jax
@@ -19,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding
-from jaxsup.data import pipeline, preprocess, splits
+from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
+from jaxsup.data import guided_batches, pipeline, preprocess, splits
 from jaxsup.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger("jaxsup")
@@ -49,23 +48,74 @@ def nonfinite_names(metrics: dict[str, float]) -> list[str]:
     return [k for k, v in metrics.items() if not np.isfinite(v)]
 
 
-def _write_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+class NonFiniteGuard:
+    """The nan policy, checked in batches: the loop keeps each step's metrics on device and
+    `check()` fetches the pending `train/nonfinite` flags in one transfer (only at log, eval
+    and save steps: no host sync per step). The step itself already dropped a non-finite
+    update on device; here 'stop' raises naming the first such step, and 'skip' counts
+    them and raises once more than `max_consecutive` come in a row.
+    """
+
+    def __init__(self, policy: str, max_consecutive: int):
+        self.policy, self.max_consecutive = policy, int(max_consecutive)
+        self.skipped = 0  # non-finite steps skipped by this process's run
+        self._in_a_row = 0
+        self._pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, step_metrics: dict) -> None:
+        self._pending.append((step, step_metrics))
+
+    def check(self, last_saved: int | None) -> None:
+        """Raises NonFiniteError per the policy for the pending steps (see the class docstring)."""
+        pending, self._pending = self._pending, []
+        flags = jax.device_get([m["train/nonfinite"] for _, m in pending])
+        for (step, step_metrics), flag in zip(pending, flags):
+            if not float(flag):
+                self._in_a_row = 0
+                continue
+            bad = nonfinite_names(metrics_lib.to_floats(step_metrics))
+            if self.policy == "stop":
+                raise NonFiniteError(f"Non-finite {bad} at step {step}; the update was not applied and no checkpoint "
+                                     f"was written for it or after it (last saved step: {last_saved}).")
+            self.skipped, self._in_a_row = self.skipped + 1, self._in_a_row + 1
+            log.warning("Step %d: non-finite %s, update skipped (%d so far).", step, bad, self.skipped)
+            if self._in_a_row > self.max_consecutive:
+                raise NonFiniteError(
+                    f"{self._in_a_row} non-finite steps in a row up to step {step} (config.max_consecutive_skips="
+                    f"{self.max_consecutive}), {self.skipped} skipped in all; stopping: the run no longer learns "
+                    f"(last saved step: {last_saved}).")
+
+
+def check_run_options(config) -> None:
+    """ConfigError for a bad nan policy or skip cap (before anything is built or written)."""
+    if config.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
+    if int(config.max_consecutive_skips) < 0:
+        raise ConfigError(f"config.max_consecutive_skips={config.max_consecutive_skips}; expected >= 0.")
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Runs config.total_steps (resuming from workdir); returns the last metrics."""
+    """Runs config.total_steps (resuming from workdir); returns the last metrics.
+
+    The workdir is checked (WorkdirError) and, on process 0, locked for the run:
+    a second run on it stops at once naming the holder.
+    """
+    check_run_options(config)
+    workdir = workdir_lib.prepare(workdir)
+    lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # ------------------------------------------------------------------ setup
-    workdir = os.path.abspath(workdir)
-    _write_config(config, workdir)
     writer = metrics_lib.MetricWriter(workdir, config.total_steps)
     log.info("Devices: %d (%s), processes: %d", jax.device_count(), jax.default_backend(), jax.process_count())
-
-    if config.nan_policy not in NAN_POLICIES:
-        raise ConfigError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
 
     # ------------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
@@ -75,7 +125,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # ------------------------------------------------------------------- data
     train_source = splits.open_split(config.data, config.data.train_split)
     train_data = pipeline.train_dataset(
-        train_source, preprocess.build(config.data.preprocess), config.batch_size, config.seed
+        train_source, preprocess.build(config.data.preprocess), config.batch_size, config.seed,
+        guide=guided_batches.load_guide(config.data, len(train_source)),
     )
 
     # ----------------------------------------------------------- model + task
@@ -89,13 +140,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         workdir, every=config.checkpoint.every, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
     )
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(checkpoint.abstract_tree(setup.abstract_state, setup.state_shardings))
+        state, meta = ckpt.restore_newest_readable(
+            checkpoint.abstract_tree(setup.abstract_state, setup.state_shardings), strict=config.checkpoint.strict)
         checkpoint.check_same_run(meta, config, ckpt.directory)
+        if note := checkpoint.schedule_change(meta, config):
+            log.warning("Resuming: %s", note)
         log.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
     else:
         state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
         state = state.replace(**dict(zip(("params", "task_state"), task.warm_start(state.params, state.task_state))))
     start_step = int(state.step)
+    if jax.process_index() == 0:  # The run really starts (or resumes) here: its record follows.
+        workdir_lib.drop_replayed_metrics(workdir, start_step, evals_rerun=start_step >= config.total_steps)
+        workdir_lib.write_config(config.to_json_best_effort(indent=2), workdir)
 
     # ------------------------------------------------------------ jitted step
     batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
@@ -117,8 +174,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         log.info("eval step %d: %s", step, json.dumps(results))
         return results
 
+    read_back = False
+
     def save(step: int) -> None:
-        ckpt.save(step, state, {"step": step, "seed": config.seed, "config": config.to_json_best_effort()})
+        nonlocal read_back
+        saved = ckpt.save(step, state, {"step": step, "seed": config.seed, "config": config.to_json_best_effort()})
+        if saved and not read_back:  # the run's first save: a run that could never resume stops now
+            ckpt.check_readable(step)
+            read_back = True
 
     # ------------------------------------------------------------------- loop
     ckpt.install_sigterm_handler()
@@ -126,32 +189,28 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     profiler = metrics_lib.Profiler(workdir, config.profile_steps)
     writer.write(start_step, perf)
     last: dict[str, float] = {}
-    skipped = 0
+    guard = NonFiniteGuard(config.nan_policy, config.max_consecutive_skips)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = first_batch if step == start_step + 1 else pipeline.to_global(next(batches), batch_sharding)
             profiler.before_step(step)
             state, step_metrics = train_step(state, frozen, batch)
             profiler.after_step(step, step_metrics)
-            if float(step_metrics["train/nonfinite"]):
-                bad = nonfinite_names(metrics_lib.to_floats(step_metrics))
-                if config.nan_policy == "stop":
-                    raise NonFiniteError(
-                        f"Non-finite {bad} at step {step}; the update was not applied and no checkpoint "
-                        f"was written for it (last saved step: {ckpt.latest_step()})."
-                    )
-                skipped += 1
-                log.warning("Step %d: non-finite %s, update skipped (%d so far).", step, bad, skipped)
-            if step % config.log_every == 0 or step == config.total_steps:
-                last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step), "train/skipped_steps": skipped}
+            guard.add(step, step_metrics)
+            is_log = step % config.log_every == 0 or step == config.total_steps
+            is_eval = any(ev.every and step % ev.every == 0 for ev in config.evals.values()) or step == config.total_steps
+            preempted = distributed.any_process(ckpt.preempted)  # no device sync with one process
+            if is_log or is_eval or preempted or ckpt.should_save(step, config.total_steps):
+                guard.check(ckpt.latest_step())  # the one host sync: before anything is logged or saved
+            if is_log:
+                last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step), "train/skipped_steps": guard.skipped}
                 utilisation = metrics_lib.mfu(perf.get("perf/flops_per_device"), last.get("perf/step_time_s", 0), peak)
                 if utilisation is not None:
                     last["perf/mfu"] = utilisation
                 writer.write(step, last)
                 writer.progress(step, {k: v for k, v in last.items() if k in ("train/loss", "perf/steps_per_s")})
-            if any(ev_cfg.every and step % ev_cfg.every == 0 for ev_cfg in config.evals.values()) or step == config.total_steps:
+            if is_eval:
                 last.update(run_evals(step))
-            preempted = distributed.any_process(ckpt.preempted)
             if ckpt.should_save(step, config.total_steps) or preempted:
                 save(step)
             if preempted:
@@ -159,6 +218,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 break
         if start_step >= config.total_steps:
             last.update(run_evals(start_step))
+        log.info("Done at step %d: %d non-finite step(s) skipped (nan_policy=%s).",
+                 int(state.step), guard.skipped, config.nan_policy)
     finally:
         ckpt.close()
         writer.close()

@@ -92,12 +92,6 @@ def test_resuming_with_another_seed_or_batch_size_is_refused(tmp_path, override)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
-def test_workdir_with_percent_is_refused_before_training(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="'%'"):
-        train_and_evaluate(tiny_supervised_config(), str(tmp_path / "train[:5%]"))
-    assert not os.path.exists(tmp_path / "train[:5%]" / "checkpoints")
-
-
 def test_dataset_missing_from_tfds_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     with pytest.raises(sources.DatasetNotFoundError, match=str(tmp_path / "tfds")):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsup.data import digits, image_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
+from jaxsup.data import class_names, digits, image_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
 from jaxsup.data.preprocess import Example, register_op
 from jaxsup.errors import ConfigError, DataError
 
@@ -68,8 +68,20 @@ TEMPLATE_SETS = {
     "digits_train": DIGITS_TRAIN_TEMPLATES,
     "digits_heldout": DIGITS_HELDOUT_TEMPLATES,
     "generic": GENERIC_TEMPLATES,
+    # CLIP's 80 ImageNet prompts (jaxsup/data/zero_shot/NOTICE.md: source, licence).
+    **{name: class_names.templates(name) for name in class_names.TEMPLATE_FILES},
 }
-CLASS_NAME_SETS = {"digits": digits.CLASS_NAMES}
+# Label-order class names: imagenet2012 (CLIP's 1000 cleaned names), cifar10, cifar100.
+CLASS_NAME_SETS = {"digits": digits.CLASS_NAMES, **{name: class_names.names(name) for name in class_names.NAME_FILES}}
+
+
+def resolve_class_names(names: str | Sequence[str]) -> tuple[str, ...]:
+    """A class-name set name (CLASS_NAME_SETS) or a sequence of names -> tuple of names."""
+    if isinstance(names, str):
+        if names not in CLASS_NAME_SETS:
+            raise ConfigError(f"Unknown class-name set {names!r}; known: {sorted(CLASS_NAME_SETS)}.")
+        return CLASS_NAME_SETS[names]
+    return tuple(names)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -7,9 +7,11 @@ normalised text embeddings. Images of the split -> predict({"image"}) ->
 class has fewer than k strictly higher scores) and count.
 
 cfg fields: split, batch_size, templates (a set name of
-jaxsup.data.image_text.TEMPLATE_SETS, default "digits_heldout", or a list of
-"...{name}..." strings), class_names (default: the names of the dataset's
-ClassLabel `label_key`), tokenizer ("bytes" or a SentencePiece path), max_len,
+jaxsup.data.image_text.TEMPLATE_SETS, default "digits_heldout", e.g.
+"openai_imagenet" for CLIP's 80 ImageNet prompts, or a list of "...{name}..."
+strings), class_names (a set name of CLASS_NAME_SETS: "imagenet2012",
+"cifar10", "cifar100", "digits"; or a list; default: the names of the
+dataset's ClassLabel `label_key`), tokenizer ("bytes" or a SentencePiece path), max_len,
 label_key ("label"); optional dataset / data_dir / preprocess to evaluate on
 another dataset than training (e.g. imagenet2012 for a coco-trained CLIP).
 """
@@ -45,7 +47,7 @@ class ZeroShotEvaluator:
         self.sharding = batch_sharding
         self.label_key = cfg.get("label_key", "label")
         names = cfg.get("class_names") or dataset_class_names(self.data_cfg, self.label_key)
-        self.class_names = tuple(names)
+        self.class_names = image_text.resolve_class_names(names)
         self.templates = image_text.resolve_templates(cfg.get("templates", "digits_heldout"))
         tok = image_text.cached_tokenizer(cfg.get("tokenizer", "bytes"))
         prompts = image_text.class_prompts(self.class_names, self.templates)

@@ -1,0 +1,80 @@
+"""Zero-shot the standard way: ImageNet / CIFAR class names, CLIP's 80 templates, the imagenet2012 config."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from jaxsup import registry, sharding
+from jaxsup.config import base_config, load_config
+from jaxsup.data import class_names, image_text, tokenizer
+from jaxsup.errors import ConfigError
+
+from helpers import ROOT
+
+CONFIG = os.path.join(ROOT, "configs/zero_shot_imagenet.py")
+
+
+def test_name_and_template_files():
+    imagenet, templates = class_names.names("imagenet2012"), class_names.templates("openai_imagenet")
+    assert len(imagenet) == 1000 and len(set(imagenet)) == 998  # "missile", "sunglasses" twice, as in CLIP's list
+    assert imagenet[0] == "tench" and imagenet[999] == "toilet paper"
+    assert len(templates) == 80 and all(t.count("{name}") == 1 for t in templates)
+    assert class_names.names("cifar10") == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                            "ship", "truck")
+    cifar100 = class_names.names("cifar100")
+    assert len(set(cifar100)) == 100 and cifar100[1] == "aquarium fish" and cifar100[-1] == "worm"
+    assert [n.replace(" ", "_") for n in cifar100] == sorted(n.replace(" ", "_") for n in cifar100)  # label order
+    assert image_text.resolve_class_names("imagenet2012") == imagenet
+    with pytest.raises(ConfigError, match="Unknown class-name set 'imagenet'"):
+        image_text.resolve_class_names("imagenet")
+
+
+def test_files_equal_open_clips_lists():
+    metadata = pytest.importorskip("open_clip.zero_shot_metadata")
+    assert class_names.names("imagenet2012") == tuple(metadata.IMAGENET_CLASSNAMES)
+    assert class_names.templates("openai_imagenet") == tuple(t("{name}") for t in metadata.OPENAI_IMAGENET_TEMPLATES)
+
+
+def test_zero_shot_evaluator_prompts_every_class_with_every_template():
+    cfg = dict(split="test", batch_size=64, class_names="cifar10", templates="openai_imagenet", tokenizer="bytes",
+               max_len=64)
+    import ml_collections
+
+    ev = registry.get("evaluator", "zero_shot")(ml_collections.ConfigDict(cfg), base_config().data,
+                                                sharding.batch_sharding(sharding.make_mesh((("data", 1),))))
+    assert ev.prompt_tokens.shape == (10 * 80, 64)
+    texts = tokenizer.get_tokenizer("bytes").decode(ev.prompt_tokens)
+    templates = class_names.templates("openai_imagenet")
+    assert texts[0] == "a bad photo of a airplane." and texts[80 * 9 + 79] == templates[79].format(name="truck")
+
+
+@pytest.mark.parametrize("arg", ["", ":model=ViT-B-16", ":model=ViT-L-14,gelu,dataset=cifar100"])
+def test_imagenet_config(arg):
+    c = load_config(CONFIG + arg)
+    zs = c.evals.zero_shot
+    assert (zs.templates, zs.tokenizer, zs.max_len) == ("openai_imagenet", "clip", 77)
+    assert zs.class_names == c.data.name and zs.split == ("test" if "cifar" in arg else "validation")
+    assert c.model.image_kwargs.act == ("gelu_erf" if "gelu" in arg else "quick_gelu")
+    with pytest.raises(ConfigError, match="model must be one of"):
+        load_config(CONFIG + ":model=ViT-H-14")
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_imagenet_config_models_are_open_clips(name):
+    """The config's inline sizes equal jaxsup.interop.presets on open_clip's own model config."""
+    presets = pytest.importorskip("jaxsup.interop.presets")
+    pytest.importorskip("open_clip")
+    expected = presets.two_tower_kwargs(presets.open_clip_config(name), quick_gelu=True)
+    got = load_config(f"{CONFIG}:model={name}").model.to_dict()
+    assert got["text_kwargs"].pop("vocab_size") == 0 and expected["text_kwargs"].pop("vocab_size") == 49408
+    assert expected.pop("loss") == "softmax"
+    assert got == expected
+    assert presets.image_size(presets.open_clip_config(name)) == 224
+
+
+def test_class_caption_with_imagenet_names():
+    op = image_text.class_caption("templates=openai_imagenet,names=imagenet2012")
+    caption = op({"label": np.int32(1), "image": np.zeros((2, 2, 3), np.uint8)})["text"]
+    assert "goldfish" in caption

@@ -14,11 +14,15 @@ with CE on the same 72 labelled images (scripts/kd_digits_seeds.py runs both
 over seeds; its `scratch_baseline_overrides` gives the baseline's settings).
 
 `arg` switches: "all" (the student gets all of train), "label_free"
-(alpha = 1: pure KD, labels dropped from the train batches), "runlocal" (20 steps).
+(alpha = 1: pure KD, labels dropped from the train batches), "fused_head"
+(KD + CE from the student's features and head weights, the teacher as its
+features and head: no [B, K] logits in the train step, as a many-class or
+vocabulary-sized head needs; distill.fused_head in jaxsup/tasks/distill.py),
+"runlocal" (20 steps).
 """
 from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 
-SWITCHES = ("all", "label_free", "runlocal")
+SWITCHES = ("all", "label_free", "fused_head", "runlocal")
 
 
 def get_config(arg=None):
@@ -40,6 +44,9 @@ def get_config(arg=None):
         c.distill.alpha = 1.0
         c.data.preprocess = ("image_to_float", "keep:image")
         c.data.eval_preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
+    if "fused_head" in args:
+        c.distill.fused_head = True
+        c.distill.fused_teacher = "features"
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c

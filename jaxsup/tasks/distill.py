@@ -29,6 +29,16 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   else the teacher's top-1. If the feature widths differ the student gets a
   linear projector (params["projector"]).
 
+- fused_head=True (kinds kl/rkl/jsd): the student's final Dense ("head") is
+  not applied as a layer; KD and the label CE come from the student's
+  `pre_logits` and the head's kernel/bias through
+  `jaxsup.losses.fused_linear_kd.fused_linear_kd_ce` (row chunks, no [B, K]
+  logits; for many classes / vocabulary-sized heads). The teacher comes as
+  logits (fused_teacher="logits") or as its own `pre_logits` and head
+  ("features": no teacher logits either). fused_impl: "chunked" or
+  "reference" (builds the logits; for tests). Same loss and gradients as
+  the unfused path; `predict` (evaluation) still builds logits.
+
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a
 teacher with params_subtree "params/student", state_subtree
@@ -48,6 +58,7 @@ import optax
 from jaxsup import registry, sharding
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
+from jaxsup.losses.fused_linear_kd import fused_linear_kd_ce, linear_head_operands
 from jaxsup.tasks.base import DataInfo, Task
 from jaxsup.tasks.common import (
     FrozenModel, abstract_init, apply_with_state, augment_images, build_model, check_augment, labelled_mask,
@@ -55,6 +66,8 @@ from jaxsup.tasks.common import (
 )
 
 KD_KINDS = ("kl", "rkl", "jsd", "soft_ce")
+FUSED_TEACHERS = ("logits", "features")
+FUSED_IMPLS = ("chunked", "reference")
 
 
 def kd_term(student_logits: jax.Array, teacher_logits: jax.Array, kind: str, temperature: float, beta: float) -> jax.Array:
@@ -76,6 +89,21 @@ def validate_kd_fields(cfg: Any) -> None:
     if float(cfg.nd_lambda) < 0:
         raise ConfigError(f"distill.nd_lambda must be >= 0, got {cfg.nd_lambda!r}.")
     check_augment(cfg.augment, "distill.augment")
+    if cfg.fused_head:
+        if cfg.kind == "soft_ce":
+            raise ConfigError("distill.fused_head=True supports kind kl/rkl/jsd, not 'soft_ce'.")
+        if cfg.fused_teacher not in FUSED_TEACHERS:
+            raise ConfigError(f"distill.fused_teacher={cfg.fused_teacher!r} is not one of {FUSED_TEACHERS}.")
+        if cfg.fused_impl not in FUSED_IMPLS:
+            raise ConfigError(f"distill.fused_impl={cfg.fused_impl!r} is not one of {FUSED_IMPLS}.")
+
+
+def check_linear_head(params: Any, out: dict, who: str) -> None:
+    """ConfigError unless an image model has out["pre_logits"] and a Dense `head` {kernel[, bias]}."""
+    head = params.get("head") if hasattr(params, "get") else None
+    if "pre_logits" not in out or not head or getattr(head.get("kernel"), "ndim", 0) != 2:
+        raise ConfigError(f"distill.fused_head=True needs the {who} to end in a Dense 'head' on "
+                          "out['pre_logits'] (the registered image models do).")
 
 
 @registry.register("task", "distill")
@@ -89,7 +117,7 @@ class Distill(Task):
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]
         self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
-        (s_logits, s_out), _, _ = abstract_init(self.student, images)
+        (s_logits, s_out), s_params, _ = abstract_init(self.student, images)
         num_classes = int(s_logits.shape[-1])
         if num_classes != self.teacher.num_outputs:
             raise ConfigError(
@@ -98,6 +126,15 @@ class Distill(Task):
                 "must agree (distill.teacher.model vs config.model num_classes)."
             )
         self.num_classes = num_classes
+        self.fused = bool(cfg.fused_head)
+        if self.fused:
+            check_linear_head(s_params, s_out, f"student {config.model_name!r}")
+            self.student_features = self.student.clone(num_classes=None)
+            if cfg.fused_teacher == "features":
+                t_out = {} if self.teacher.feature_dim is None else {"pre_logits": None}
+                check_linear_head(self.teacher.abstract_params, t_out,
+                                  f"teacher {self.teacher.model_name!r}")
+                self.teacher_features = self.teacher.model.clone(num_classes=None)
         self.uses_labels = float(cfg.alpha) < 1.0
         self.num_labelled = None
         if self.uses_labels and cfg.labelled_split:
@@ -160,24 +197,62 @@ class Distill(Task):
             return jnp.ones(batch["image"].shape[0], jnp.float32)
         return labelled_mask(batch["index"], self.num_labelled)
 
+    def _labels(self, batch) -> tuple[jax.Array, jax.Array] | tuple[None, None]:
+        """(labels [B] int, 0 where unlabelled; mask [B]) or (None, None) when labels are unused."""
+        if not self.uses_labels:
+            return None, None
+        mask = self.labelled_mask(batch)
+        return jnp.where(mask > 0, batch["label"], 0), mask  # unlabelled rows never see their label
+
+    def _logit_terms(self, params, task_state, frozen, images, labels, mask):
+        """(KD + CE loss, per-row ce or None, student top-1 [B], teacher top-1 [B], s_out, t_out, state)."""
+        cfg = self.cfg
+        t_logits, t_out = self.teacher.apply(frozen["teacher"], images)
+        s_logits, s_out, student_state = self._student_forward(params, task_state["student"], images, train=True)
+        kd = kd_term(s_logits, t_logits, cfg.kind, float(cfg.temperature), float(cfg.beta))
+        loss, ce_rows = float(cfg.alpha) * kd, None
+        if labels is not None:
+            ce_rows = optax.softmax_cross_entropy_with_integer_labels(s_logits.astype(jnp.float32), labels)
+            loss = loss + (1.0 - float(cfg.alpha)) * masked_mean(ce_rows, mask)
+        tops = (jnp.argmax(s_logits, -1), jnp.argmax(t_logits, -1))
+        return loss, {"kd": kd}, ce_rows, tops, s_out, t_out, student_state
+
+    def _fused_terms(self, params, task_state, frozen, images, labels, mask):
+        """As `_logit_terms`, from features and head weights (no [B, K] logits)."""
+        cfg, alpha = self.cfg, float(self.cfg.alpha)
+        (_, s_out), student_state = apply_with_state(self.student_features, params["student"],
+                                                     task_state["student"], images, train=True)
+        h_s, w_s = linear_head_operands(s_out["pre_logits"], params["student"]["head"])
+        if cfg.fused_teacher == "features":
+            teacher_vars = frozen["teacher"]
+            (_, t_out), _ = apply_with_state(self.teacher_features, teacher_vars["params"],
+                                             teacher_vars["model_state"], images, train=False)
+            t_out = jax.lax.stop_gradient(t_out)
+            teacher = linear_head_operands(t_out["pre_logits"], jax.lax.stop_gradient(teacher_vars["params"]["head"]))
+        else:
+            teacher, t_out = self.teacher.apply(frozen["teacher"], images)
+        n = h_s.shape[0]
+        kd_weights = jnp.full((n,), alpha / n, jnp.float32)
+        ce_weights = None if labels is None else (1.0 - alpha) * mask / jnp.maximum(mask.sum(), 1.0)
+        loss, rows = fused_linear_kd_ce(
+            h_s, w_s, teacher, float(cfg.temperature), labels=jnp.zeros((n,), jnp.int32) if labels is None else labels,
+            kd_weights=kd_weights, ce_weights=ce_weights, kind=cfg.kind, beta=float(cfg.beta), impl=cfg.fused_impl)
+        ce_rows = None if labels is None else rows.ce
+        return (loss, {"kd": rows.kd.mean()}, ce_rows, (rows.student_top1, rows.teacher_top1), s_out, t_out,
+                student_state)
+
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del step
         cfg = self.cfg
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
-        t_logits, t_out = self.teacher.apply(frozen["teacher"], images)
-        s_logits, s_out, student_state = self._student_forward(params, task_state["student"], images, train=True)
-        kd = kd_term(s_logits, t_logits, cfg.kind, float(cfg.temperature), float(cfg.beta))
-        teacher_top1 = jnp.argmax(t_logits, axis=-1)
-        metrics = {"kd": kd, "agreement": jnp.mean(jnp.argmax(s_logits, -1) == teacher_top1)}
-        loss = float(cfg.alpha) * kd
+        labels, mask = self._labels(batch)
+        terms = self._fused_terms if self.fused else self._logit_terms
+        loss, metrics, ce_rows, (student_top1, teacher_top1), s_out, t_out, student_state = terms(
+            params, task_state, frozen, images, labels, mask)
+        metrics["agreement"] = jnp.mean(student_top1 == teacher_top1)
         classes = teacher_top1
-        if self.uses_labels:
-            mask = self.labelled_mask(batch)
-            labels = jnp.where(mask > 0, batch["label"], 0)  # unlabelled rows never see their label
-            ce_rows = optax.softmax_cross_entropy_with_integer_labels(s_logits.astype(jnp.float32), labels)
-            ce = masked_mean(ce_rows, mask)
-            loss = loss + (1.0 - float(cfg.alpha)) * ce
-            metrics.update(ce=ce, accuracy=masked_mean(jnp.argmax(s_logits, -1) == labels, mask),
+        if labels is not None:
+            metrics.update(ce=masked_mean(ce_rows, mask), accuracy=masked_mean(student_top1 == labels, mask),
                            labelled_fraction=mask.mean())
             classes = jnp.where(mask > 0, labels, teacher_top1)
         if self.use_nd:

@@ -1,4 +1,6 @@
 """Pallas fused linear KD kernel: interpret mode against the reference; Triton lowering."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,6 +115,15 @@ def test_interpret_teacher_gets_zero_gradient():
         np.testing.assert_array_equal(g, 0.0)
 
 
+def _skip_without_triton_lowering():
+    """Skips only when this jaxlib lacks Pallas's Triton lowering (the module JAX imports for it);
+    any other error of the lowering fails the test."""
+    try:
+        importlib.import_module("jax._src.pallas.triton.pallas_call_registration")
+    except ImportError as err:
+        pytest.skip(f"this jaxlib has no Pallas Triton lowering: {err}")
+
+
 @pytest.mark.parametrize("kind", ["kl", "jsd"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernels_lower_to_triton(kind, dtype):
@@ -122,10 +133,13 @@ def test_kernels_lower_to_triton(kind, dtype):
     structs = (jax.ShapeDtypeStruct((128, 192), dtype), jax.ShapeDtypeStruct((192, 512), dtype),
                (jax.ShapeDtypeStruct((128, 64), dtype), jax.ShapeDtypeStruct((64, 512), dtype)))
     fn = jax.jit(jax.value_and_grad(lambda h, w, t: fused_kd_padded(h, w, t, st), (0, 1)))
+    _skip_without_triton_lowering()
     try:
         text = fn.trace(*structs).lower(lowering_platforms=("cuda",)).as_text()
-    except (ImportError, RuntimeError) as err:  # no CUDA lowering support in this jaxlib
-        pytest.skip(f"cannot lower for CUDA here: {err}")
+    except ValueError as err:  # JAX's own wording when pallas_call has no GPU lowering rule
+        if "Cannot lower pallas_call on platform" not in str(err):
+            raise
+        pytest.skip(f"this jaxlib cannot lower pallas_call for CUDA: {err}")
     assert text.count("triton") >= 3  # forward, dh and dW kernels
 
 

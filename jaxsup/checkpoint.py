@@ -267,7 +267,7 @@ def _saved_state_metadata(manager: ocp.CheckpointManager, step: int, where: str)
     except Exception as err:  # Orbax raises many types for unreadable dirs.
         raise UnreadableCheckpointError(f"Checkpoint {where} step {step} is unreadable or corrupt: {err}") from err
     if tree is None:
-        raise CheckpointError(f"Checkpoint {where} step {step} has no 'state' item.")
+        raise UnreadableCheckpointError(f"Checkpoint {where} step {step} has no 'state' item.")
     return getattr(tree, "tree", tree)
 
 

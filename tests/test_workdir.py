@@ -23,6 +23,10 @@ from jaxsup.train import train_and_evaluate
 from helpers import ROOT, read_metrics, restored_params, run_cli, tiny_supervised_config, train_losses
 
 
+# The tests sharing `finished_run` stay on one xdist worker (pyproject: --dist loadgroup), so it is trained once.
+SHARED_RUN = pytest.mark.xdist_group("workdir_finished_run")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 6-step run: checkpoints 3 and 6, metrics, config.json (copy it before changing it)."""
@@ -61,6 +65,7 @@ def test_keep_zero_is_a_config_error_naming_the_key(tmp_path):
 
 
 # 3 ------------------------------------------------- config.json of a refused resume
+@SHARED_RUN
 def test_a_refused_resume_leaves_config_json_alone(run_copy):
     before = open(os.path.join(run_copy, "config.json")).read()
     with pytest.raises(CheckpointError, match="seed: checkpoint 0 vs config 1"):
@@ -151,6 +156,7 @@ def _corrupt(run: str, step: int) -> None:
                     f.write(b"garbage")
 
 
+@SHARED_RUN
 def test_a_corrupt_newest_checkpoint_falls_back_and_is_kept(run_copy, caplog):
     _corrupt(run_copy, 6)
     with caplog.at_level(logging.WARNING, "jaxsup"):
@@ -161,6 +167,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_is_kept(run_copy, caplog):
     assert restored_params(run_copy)  # and it reads back
 
 
+@SHARED_RUN
 def test_strict_mode_names_the_directory_to_move_aside(run_copy):
     _corrupt(run_copy, 6)
     config = tiny_supervised_config(**{"checkpoint.strict": True})
@@ -171,6 +178,7 @@ def test_strict_mode_names_the_directory_to_move_aside(run_copy):
 
 
 # 7 ----------------------------------------------------------- relative paths
+@SHARED_RUN
 def test_relative_run_paths_are_resolved(finished_run, monkeypatch):
     monkeypatch.chdir(os.path.dirname(finished_run))
     params = jax.tree.map(np.asarray, checkpoint.restore_subtree("run", "params"))
@@ -208,6 +216,7 @@ def test_read_only_workdir_is_a_workdir_error(tmp_path, monkeypatch):
 
 
 # 9 ---------------------------------------------------- metrics.jsonl after resume
+@SHARED_RUN
 def test_metrics_keep_one_record_per_step_after_a_resume(run_copy, caplog):
     # A run extended to 9 steps was killed after logging steps 7 and 8 (last save: 6), mid-line.
     with open(os.path.join(run_copy, "metrics.jsonl"), "a") as f:

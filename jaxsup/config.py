@@ -123,6 +123,7 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.data.name = "digits"  # a local registered dataset or a TFDS name
     c.data.data_dir = ""  # TFDS root; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.train_split = "train"
+    c.data.path = ""  # a dataset written by `python -m jaxsup.data.convert` (read instead of the TFDS name)
     c.data.batch_guide = ""  # .npz of pseudo-classes: no two of one class in a batch (data/guided_batches.py)
     c.data.preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.data.eval_preprocess = ()  # () -> same as preprocess

@@ -1,7 +1,8 @@
 """Splits of a configured dataset: open once, count, resolve to example ranges, check disjoint.
 
-`data_cfg` is a run's `config.data` (name, data_dir); a split is a TFDS split
-string such as "train", "train[:10%]" or "train[50%:]".
+`data_cfg` is a run's `config.data` (name, data_dir, or path: a dataset
+written by `python -m jaxsup.data.convert`, jaxsup/data/shards.py); a split is
+a TFDS split string such as "train", "train[:10%]" or "train[50%:]".
 """
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from jaxsup.data import sources
+from jaxsup.data import shards, sources
 from jaxsup.errors import ConfigError, DataError
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_source(name: str, split: str, data_dir: str | None) -> Any:
-    return sources.open_source(name, split, data_dir)
+def _cached_source(name: str, split: str, data_dir: str | None, path: str = "") -> Any:
+    return shards.open_split(path, split) if path else sources.open_source(name, split, data_dir)
 
 
 def open_split(data_cfg: Any, split: str) -> Any:
     """The split's random-access data source, opened once per process."""
-    return _cached_source(data_cfg.name, split, data_cfg.data_dir or None)
+    return _cached_source(data_cfg.name, split, data_cfg.data_dir or None, data_cfg.get("path") or "")
 
 
 def num_examples(data_cfg: Any, split: str) -> int:
@@ -31,6 +32,8 @@ def num_examples(data_cfg: Any, split: str) -> int:
 
 def split_ranges(data_cfg: Any, split: str) -> list[tuple[str, int, int]]:
     """[(base split, start, stop)] absolute example ranges of a TFDS split string."""
+    if data_cfg.get("path"):
+        return shards.split_ranges(data_cfg.path, split)
     builder = sources.get_builder(data_cfg.name, data_cfg.data_dir or None)
     try:
         instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)

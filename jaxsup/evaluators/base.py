@@ -23,11 +23,12 @@ Predict = Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
 
 
 def eval_data_config(cfg: Any, data_cfg: Any) -> ml_collections.ConfigDict:
-    """data_cfg with the evaluator's overrides: cfg.dataset -> name, cfg.data_dir, cfg.preprocess."""
+    """data_cfg with the evaluator's overrides: cfg.dataset -> name, cfg.data_dir, cfg.path, cfg.preprocess."""
     out = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
     if cfg.get("dataset"):
         out.name = cfg.dataset
         out.data_dir = cfg.get("data_dir", "")
+        out.path = cfg.get("path", "")  # a converted dataset (jaxsup.data.convert), else the TFDS name
     if cfg.get("preprocess"):
         out.eval_preprocess = tuple(cfg.preprocess)
     return out

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxsup.data import pipeline, sources
+from jaxsup.data import pipeline, shards, sources
 from jaxsup.data.pipeline import eval_global_batches
 from jaxsup.evaluators.base import Evaluator, Predict, eval_data_config  # noqa: F401 (re-exported)
 from jaxsup.errors import ConfigError, DataError
@@ -78,6 +78,12 @@ def predict_rows(
 
 def dataset_class_names(data_cfg: Any, label_key: str = "label") -> tuple[str, ...]:
     """Names of the ClassLabel feature `label_key` of data_cfg's dataset; ValueError if it has none."""
+    if data_cfg.get("path"):  # converted by jaxsup.data.convert: an image folder keeps its class names
+        names = shards.class_names(data_cfg.path, data_cfg.train_split)
+        if not names or label_key != "label":
+            raise DataError(f"Zero-shot class names missing: set the evaluator's class_names ({data_cfg.path!r} "
+                            "is not an image-folder conversion).")
+        return tuple(names)
     features = sources.dataset_info(data_cfg.name, data_cfg.get("data_dir") or None).features
     feature = features[label_key] if label_key in features else None
     names = getattr(feature, "names", None)

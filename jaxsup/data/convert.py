@@ -1,0 +1,428 @@
+"""Convert image-text and image-folder data to array_record shards that `config.data.path` reads.
+
+    python -m jaxsup.data.convert webdataset /data/cc3m/ --out /data/cc3m_ar --split train --workers 16
+    python -m jaxsup.data.convert table /data/captions.tsv --out /data/mine_ar --caption-column title
+    python -m jaxsup.data.convert folder /data/imagenet/train --out /data/imagenet_ar --split train --resize 256
+
+Kinds of input:
+- `webdataset`: a directory of `.tar` shards as img2dataset writes them (`{key}.jpg`
+  / `.png` / `.webp`, `{key}.txt` caption, `{key}.json` ignored); one output shard per tar.
+- `table`: a CSV, TSV or parquet (parquet needs pyarrow) with an image-path column
+  and a caption column; paths relative to the table's folder (or `--image-root`).
+- `folder`: one sub-folder per class (`root/<class>/*.jpg`); labels are the sorted
+  class names' positions, kept in the split's dataset.json ("class_names").
+
+Every image is fully decoded once to check it. A zero-byte, truncated or
+unreadable image, a missing file, or an empty caption skips the example and
+is counted (`skipped/<reason>` in the summary); `--strict` makes the first
+one an error naming the shard and the record. Captions longer than
+`--max-caption-chars` are cut (counted). Images with 1, 2 or 4 channels, CMYK
+or palettes are kept as they are (the `decode` op converts them), or, with
+`--resize S`, re-encoded as RGB (or grey) JPEG with the shorter side at most S.
+
+Parallel over shards (`--workers` processes), a progress bar, and resumable:
+a shard is written to a temporary file, renamed, then its summary is written;
+a restarted conversion keeps every shard with a summary and redoes the rest.
+Shards whose features differ (e.g. one tar with captions, one without) stop
+the conversion with an error naming both; finished shards are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import sys
+import tarfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Iterator
+
+from PIL import Image, ImageFile
+
+from jaxsup.data import shards
+from jaxsup.errors import DataError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_COLUMNS = ("image", "filepath", "path", "file", "image_path")
+CAPTION_COLUMNS = ("caption", "text", "title")
+PLAN = "convert.json"
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    strict: bool = False  # the first bad record is an error naming it
+    resize: int = 0  # > 0: shorter side at most this, re-encoded as JPEG
+    quality: int = 95  # JPEG quality when re-encoding
+    max_caption_chars: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One input record: where it came from, its image bytes (or why not), caption, label."""
+    key: str
+    image: bytes | None
+    caption: str | None = None
+    label: int | None = None
+    problem: str = ""  # a skip reason found while reading ("missing_image", ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One output shard: its index and what it reads (a tar path, or rows [(key, path, caption|label)])."""
+    index: int
+    kind: str
+    source: str  # for messages and the plan: the tar, or "table.tsv rows 0-9999"
+    rows: tuple = ()
+    root: str = ""
+
+
+# ----------------------------------------------------------------------------- reading inputs
+
+
+def read_file(path: str) -> tuple[bytes | None, str]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(), ""
+    except OSError:
+        return None, "missing_image"
+
+
+def webdataset_items(tar_path: str, strict: bool) -> Iterator[Item]:
+    """The records of an img2dataset tar: members grouped by key (path up to the first dot of the name)."""
+    groups: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, name = os.path.split(member.name)
+                stem, _, ext = name.partition(".")
+                key = os.path.join(folder, stem)
+                if key not in groups:
+                    groups[key] = {}
+                    order.append(key)
+                groups[key][ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        if strict or not order:
+            raise DataError(f"{tar_path}: not a readable tar ({err}).") from err
+        order.append("__truncated_tar__")  # keep what was read; count the rest as lost
+    for key in order:
+        if key == "__truncated_tar__":
+            yield Item(key=tar_path, image=None, problem="truncated_tar")
+            continue
+        parts = groups[key]
+        image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
+        caption = parts["txt"].decode("utf-8", errors="replace") if "txt" in parts else None
+        if image_ext is None:
+            yield Item(key=key, image=None, caption=caption, problem="missing_image")
+        else:
+            yield Item(key=key, image=parts[image_ext], caption=caption)
+
+
+def row_items(job: Job) -> Iterator[Item]:
+    for key, path, value in job.rows:
+        data, problem = read_file(os.path.join(job.root, path))
+        if job.kind == "folder":
+            yield Item(key=key, image=data, label=int(value), problem=problem)
+        else:
+            yield Item(key=key, image=data, caption=value, problem=problem)
+
+
+def items_of(job: Job, strict: bool) -> Iterator[Item]:
+    return webdataset_items(job.source, strict) if job.kind == "webdataset" else row_items(job)
+
+
+# ----------------------------------------------------------------------------- checking records
+
+
+def checked_image(data: bytes, options: Options) -> tuple[bytes | None, str]:
+    """(bytes to store, "") or (None, skip reason): decoded once in full; re-encoded if options.resize."""
+    if not data:
+        return None, "empty_image"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a truncated or corrupt file raises here
+            return (resized_jpeg(image, options) if options.resize else data), ""
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None, "bad_image"
+
+
+def resized_jpeg(image: Image.Image, options: Options) -> bytes:
+    """RGB (or grey) JPEG with the shorter side at most options.resize (aspect kept)."""
+    image = image.convert("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
+    w, h = image.size
+    scale = options.resize / min(w, h)
+    if scale < 1:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=options.quality)
+    return out.getvalue()
+
+
+def record_of(item: Item, options: Options, counts: Counter) -> tuple[dict | None, str]:
+    """(record, "") or (None, skip reason) for one input item; counts truncated captions."""
+    if item.problem:
+        return None, item.problem
+    image, problem = checked_image(item.image, options)
+    if problem:
+        return None, problem
+    record: dict[str, Any] = {"image": image, "key": item.key}
+    if item.caption is not None:
+        caption = item.caption.strip()
+        if not caption:
+            return None, "empty_caption"
+        if len(caption) > options.max_caption_chars:
+            caption = caption[: options.max_caption_chars]
+            counts["caption_truncated"] += 1
+        record["caption"] = caption
+    if item.label is not None:
+        record["label"] = item.label
+    return record, ""
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def write_shard(job: Job, out_dir: str, options: Options) -> dict[str, Any]:
+    """Converts one job into <out_dir>/shard-XXXXX.array_record (+ .json summary, written last)."""
+    from array_record.python import array_record_module
+
+    name = shard_name(job.index)
+    final = os.path.join(out_dir, name + ".array_record")
+    tmp = final + ".tmp"
+    counts: Counter = Counter()
+    features: set[str] | None = None
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    try:
+        for item in items_of(job, options.strict):
+            record, problem = record_of(item, options, counts)
+            if record is not None and features is not None and set(record) != features:
+                missing, extra = sorted(features - set(record)), sorted(set(record) - features)
+                problem = f"missing_{'_'.join(missing)}" if missing else f"extra_{'_'.join(extra)}"
+            if problem:
+                if options.strict:
+                    raise DataError(f"{job.source}: record {item.key!r}: {problem.replace('_', ' ')}.")
+                counts["skipped/" + problem] += 1
+                continue
+            features = features or set(record)
+            writer.write(shards.encode_record(record))
+            counts["examples"] += 1
+    finally:
+        writer.close()
+    os.replace(tmp, final)
+    summary = {"file": name + ".array_record", "source": job.source, "num_examples": counts.pop("examples", 0),
+               "features": sorted(features or ()), "counts": dict(counts)}
+    write_json(os.path.join(out_dir, name + ".json"), summary)
+    return summary
+
+
+def write_json(path: str, value: Any) -> None:
+    """Atomically: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------- planning jobs
+
+
+def webdataset_jobs(input_path: str) -> list[Job]:
+    tars = sorted(glob.glob(os.path.join(input_path, "**", "*.tar"), recursive=True)) \
+        if os.path.isdir(input_path) else sorted(glob.glob(input_path))
+    if not tars:
+        raise DataError(f"No .tar shards found in {input_path!r} (webdataset input: a folder of img2dataset tars).")
+    return [Job(i, "webdataset", path) for i, path in enumerate(tars)]
+
+
+def table_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a CSV / TSV / parquet table as dicts."""
+    if not os.path.isfile(path):
+        raise DataError(f"Table {path!r} does not exist.")
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as err:
+            raise DataError(f"{path}: reading parquet needs pyarrow (`pip install pyarrow`), or use CSV/TSV.") from err
+        return pq.read_table(path).to_pylist()
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t" if path.endswith((".tsv", ".tab")) else ","))
+
+
+def pick_column(rows: list[dict], given: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
+    columns = list(rows[0]) if rows else []
+    name = given or next((c for c in candidates if c in columns), None)
+    if name is None or name not in columns:
+        raise DataError(f"{path}: no {what} column {given or candidates!r}; columns: {columns} "
+                        f"(choose one with --{what}-column).")
+    return name
+
+
+def chunked(kind: str, source: str, rows: list[tuple], per_shard: int, root: str) -> list[Job]:
+    return [Job(i, kind, f"{source} rows {s}-{min(s + per_shard, len(rows)) - 1}", tuple(rows[s:s + per_shard]), root)
+            for i, s in enumerate(range(0, len(rows), per_shard))]
+
+
+def table_jobs(path: str, per_shard: int, image_column: str | None, caption_column: str | None,
+               image_root: str | None) -> list[Job]:
+    rows = table_rows(path)
+    if not rows:
+        raise DataError(f"Table {path!r} has no rows.")
+    image_col = pick_column(rows, image_column, IMAGE_COLUMNS, "image", path)
+    caption_col = pick_column(rows, caption_column, CAPTION_COLUMNS, "caption", path)
+    items = [(f"row{i}", str(r[image_col] or ""), str(r[caption_col] or "")) for i, r in enumerate(rows)]
+    urls = [p for _, p, _ in items if "://" in p]
+    if urls:
+        raise DataError(f"{path}: image column {image_col!r} holds URLs (e.g. {urls[0]!r}); jaxsup never downloads: "
+                        "fetch them first (img2dataset writes webdataset tars: convert those).")
+    root = image_root or os.path.dirname(os.path.abspath(path))
+    return chunked("table", os.path.basename(path), items, per_shard, root)
+
+
+def folder_jobs(root: str, per_shard: int) -> tuple[list[Job], list[str]]:
+    if not os.path.isdir(root):
+        raise DataError(f"Image folder {root!r} does not exist.")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    items = [(f"{c}/{f}", os.path.join(c, f), label) for label, c in enumerate(classes)
+             for f in sorted(os.listdir(os.path.join(root, c))) if f.rpartition(".")[2].lower() in IMAGE_EXTS]
+    if not items:
+        raise DataError(f"No images in class sub-folders of {root!r} (expected {root}/<class>/<image>.jpg).")
+    return chunked("folder", os.path.basename(os.path.normpath(root)), items, per_shard, root), classes
+
+
+# ----------------------------------------------------------------------------- the whole conversion
+
+
+def check_plan(out_dir: str, plan: dict[str, Any]) -> None:
+    """A restart must convert the same inputs with the same options as the run it resumes."""
+    path = os.path.join(out_dir, PLAN)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != plan:
+            raise DataError(f"{out_dir} holds a conversion of other inputs or options ({path}); "
+                            "resume with the same command, or write to a new --out / --split.")
+    else:
+        write_json(path, plan)
+
+
+def done_summaries(out_dir: str, jobs: list[Job]) -> dict[int, dict]:
+    """Summaries of the shards a previous run finished; removes half-written files."""
+    for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):
+        os.remove(tmp)
+    done = {}
+    for job in jobs:
+        path = os.path.join(out_dir, shard_name(job.index) + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                done[job.index] = json.load(f)
+    return done
+
+
+def check_schemas(summaries: list[dict]) -> list[str]:
+    """The features all non-empty shards share; DataError naming two shards that differ."""
+    filled = [s for s in summaries if s["num_examples"]]
+    if not filled:
+        raise DataError("No example could be converted: every record was skipped (see the counts above).")
+    for s in filled[1:]:
+        if s["features"] != filled[0]["features"]:
+            raise DataError(f"Shards differ in features: {filled[0]['source']} has {filled[0]['features']}, "
+                            f"{s['source']} has {s['features']}; convert them to separate --out folders.")
+    return filled[0]["features"]
+
+
+def run_jobs(jobs: list[Job], out_dir: str, options: Options, workers: int, progress: bool) -> dict[int, dict]:
+    """Converts the jobs not done yet (in `workers` processes); a progress bar over shards."""
+    done = done_summaries(out_dir, jobs)
+    todo = [j for j in jobs if j.index not in done]
+    bar = progress_bar(len(jobs), len(done), progress)
+    if workers <= 1:
+        for job in todo:
+            done[job.index] = write_shard(job, out_dir, options)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(write_shard, job, out_dir, options): job for job in todo}
+            for future in as_completed(futures):
+                done[futures[future].index] = future.result()
+                bar.update(1)
+    bar.close()
+    return done
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="shard", desc="convert", disable=not enabled, file=sys.stderr)
+
+
+def convert(kind: str, input_path: str, out: str, split: str = "train", workers: int = 1,
+            options: Options = Options(), examples_per_shard: int = 10_000, image_column: str | None = None,
+            caption_column: str | None = None, image_root: str | None = None, progress: bool = False
+            ) -> dict[str, Any]:
+    """Converts `input_path` into <out>/<split>/; returns the split's dataset.json (also written)."""
+    class_names: list[str] = []
+    if kind == "webdataset":
+        jobs = webdataset_jobs(input_path)
+    elif kind == "table":
+        jobs = table_jobs(input_path, examples_per_shard, image_column, caption_column, image_root)
+    elif kind == "folder":
+        jobs, class_names = folder_jobs(input_path, examples_per_shard)
+    else:
+        raise DataError(f"Unknown input kind {kind!r}: webdataset, table or folder.")
+    out_dir = shards.split_dir(out, split)
+    os.makedirs(out_dir, exist_ok=True)
+    check_plan(out_dir, {"kind": kind, "input": os.path.abspath(input_path), "shards": [j.source for j in jobs],
+                         "options": dataclasses.asdict(options), "examples_per_shard": examples_per_shard})
+    done = run_jobs(jobs, out_dir, options, workers, progress)
+    summaries = [done[j.index] for j in jobs]
+    counts: Counter = Counter()
+    for s in summaries:
+        counts.update(s["counts"])
+    info = {"kind": kind, "split": split, "num_examples": sum(s["num_examples"] for s in summaries),
+            "features": check_schemas(summaries), "class_names": class_names, "counts": dict(sorted(counts.items())),
+            "shards": [{"file": s["file"], "num_examples": s["num_examples"]} for s in summaries]}
+    write_json(os.path.join(out_dir, shards.SPLIT_INFO), info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxsup.data.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("webdataset", "table", "folder"))
+    parser.add_argument("input", help="folder of tars | table file | class-folder root")
+    parser.add_argument("--out", required=True, help="dataset folder (config.data.path)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (one shard each)")
+    parser.add_argument("--resize", type=int, default=0, help="shorter side at most this (re-encoded JPEG)")
+    parser.add_argument("--quality", type=int, default=95)
+    parser.add_argument("--strict", action="store_true", help="the first bad record is an error naming it")
+    parser.add_argument("--max-caption-chars", type=int, default=1000)
+    parser.add_argument("--examples-per-shard", type=int, default=10_000, help="table / folder inputs")
+    parser.add_argument("--image-column")
+    parser.add_argument("--caption-column")
+    parser.add_argument("--image-root", help="table: folder the image paths are relative to")
+    args = parser.parse_args(argv)
+    options = Options(strict=args.strict, resize=args.resize, quality=args.quality,
+                      max_caption_chars=args.max_caption_chars)
+    try:
+        info = convert(args.kind, args.input, args.out, args.split, args.workers, options, args.examples_per_shard,
+                       args.image_column, args.caption_column, args.image_root, progress=True)
+    except DataError as err:
+        print(f"jaxsup.data.convert: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: info[k] for k in ("split", "num_examples", "features", "counts")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

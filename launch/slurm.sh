@@ -32,6 +32,7 @@ export JAXSUP_COORDINATOR_ADDRESS="$coordinator"
 # Single quotes: SLURM_* are expanded per task, inside srun.
 srun --kill-on-bad-exit=1 bash -c '
   export JAXSUP_NUM_PROCESSES=$SLURM_NTASKS JAXSUP_PROCESS_ID=$SLURM_PROCID
+  [[ $SLURM_NTASKS -gt 1 ]] || unset JAXSUP_COORDINATOR_ADDRESS  # one task: a plain process, binds no port
   if [[ ${SLURM_GPUS_PER_TASK:-} == "" && ${SLURM_NTASKS_PER_NODE:-1} -gt 1 ]]; then
     export CUDA_VISIBLE_DEVICES=$SLURM_LOCALID
   fi

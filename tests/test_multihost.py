@@ -148,6 +148,9 @@ def test_sigkill_anywhere_then_resume_is_bitwise_exact(tmp_path):
     assert _launch(killed, overrides).wait(timeout=180) == 0
     assert _launch(straight, overrides).wait(timeout=180) == 0
     jax.tree.map(np.testing.assert_array_equal, restored_params(str(straight)), restored_params(str(killed)))
+    # Its record: one train line per step (replayed steps superseded), the straight run's losses.
+    assert [r["step"] for r in read_metrics(str(killed)) if "train/loss" in r] == list(range(1, steps + 1))
+    assert train_losses(str(killed)) == train_losses(str(straight))
 
 
 @pytest.mark.parametrize("script, args, expected", [

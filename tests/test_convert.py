@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsup.data import convert, pipeline, preprocess, shards, splits
+from jaxsup.data import convert, convert_inputs, pipeline, preprocess, shards, splits
 from jaxsup.errors import DataError
 
 
@@ -140,7 +140,7 @@ def test_restart_after_a_kill_keeps_finished_shards_and_equals_a_straight_run(we
                                                                               monkeypatch):
     straight = convert.convert("webdataset", webdataset_dir, str(tmp_path / "straight"))
     out = str(tmp_path / "killed")
-    real_items = convert.webdataset_items
+    real_items = convert_inputs.webdataset_items
 
     def dies_in_second_shard(tar_path, strict):
         for k, item in enumerate(real_items(tar_path, strict)):
@@ -148,14 +148,14 @@ def test_restart_after_a_kill_keeps_finished_shards_and_equals_a_straight_run(we
                 raise KeyboardInterrupt  # killed mid-shard: a half-written .tmp is left behind
             yield item
 
-    monkeypatch.setattr(convert, "webdataset_items", dies_in_second_shard)
+    monkeypatch.setattr(convert_inputs, "webdataset_items", dies_in_second_shard)
     with pytest.raises(KeyboardInterrupt):
         convert.convert("webdataset", webdataset_dir, out)
     split_dir = os.path.join(out, "train")
     assert sorted(os.listdir(split_dir)) == ["convert.json", "shard-00000.array_record", "shard-00000.json",
                                              "shard-00001.array_record.tmp"]
     first_written = os.stat(os.path.join(split_dir, "shard-00000.array_record")).st_mtime_ns
-    monkeypatch.setattr(convert, "webdataset_items", real_items)
+    monkeypatch.setattr(convert_inputs, "webdataset_items", real_items)
     resumed = convert.convert("webdataset", webdataset_dir, out)
     assert os.stat(os.path.join(split_dir, "shard-00000.array_record")).st_mtime_ns == first_written  # kept
     assert resumed == straight and not [f for f in os.listdir(split_dir) if f.endswith(".tmp")]
@@ -227,3 +227,10 @@ def test_cli_prints_the_summary(webdataset_dir, tmp_path, capsys):
     assert convert.main(["webdataset", webdataset_dir, "--out", str(tmp_path / "o"), "--workers", "1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["num_examples"] == 6 and summary["counts"]["skipped/bad_image"] == 1
+
+
+def test_a_missing_tfds_dataset_names_what_prepares_it(tmp_path):
+    from jaxsup.data import sources
+
+    with pytest.raises(DataError, match=r"jaxsup\[tf\].*tfds build imagenet2012 .*--manual_dir.*jaxsup\.data\.convert"):
+        sources.open_source("imagenet2012", "train", str(tmp_path))

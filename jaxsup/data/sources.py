@@ -46,9 +46,11 @@ def _local_builders() -> Sequence[str]:
 
 def _missing_hint(name: str, root: str) -> str:
     return (
-        f"jaxsup never downloads at run time: prepare it first, e.g. "
-        f"`tfds build {name} --data_dir={root} --file_format=array_record`, or set "
-        f"TFDS_DATA_DIR / config.data.data_dir to where it is."
+        f"jaxsup never downloads at run time: prepare it first with TFDS, which needs TensorFlow "
+        f"(`pip install 'jaxsup[tf]'`, then `tfds build {name} --data_dir={root} --file_format=array_record`; "
+        f"ImageNet also needs `--manual_dir` with the ILSVRC2012 tars), or convert your own files without "
+        f"TensorFlow (`python -m jaxsup.data.convert webdataset|table|folder INPUT --out DIR`, then "
+        f"config.data.path=DIR); or set TFDS_DATA_DIR / config.data.data_dir to where it is."
     )
 
 

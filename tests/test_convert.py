@@ -234,3 +234,35 @@ def test_a_missing_tfds_dataset_names_what_prepares_it(tmp_path):
 
     with pytest.raises(DataError, match=r"jaxsup\[tf\].*tfds build imagenet2012 .*--manual_dir.*jaxsup\.data\.convert"):
         sources.open_source("imagenet2012", "train", str(tmp_path))
+
+
+def test_cli_sigkilled_mid_run_then_rerun_equals_a_straight_run(tmp_path):
+    """A real kill (SIGKILL, no cleanup) of `python -m jaxsup.data.convert` after its first shard, then the
+    same command again: the result equals an uninterrupted conversion."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "wds"
+    src.mkdir()
+    big = image_bytes(500, 375, seed=7)
+    for t in range(6):
+        write_tar(str(src / f"{t:05d}.tar"), [(f"{t}_{k}", {"jpg": big, "txt": caption(f"t{t} k{k}")})
+                                               for k in range(30)])
+    straight = convert.convert("webdataset", str(src), str(tmp_path / "straight"))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "jaxsup.data.convert", "webdataset", str(src), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = out / "train" / "shard-00000.json"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    left = sorted(os.listdir(out / "train"))
+    assert "shard-00000.json" in left and "dataset.json" not in left, left  # killed after shard 0, before the end
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["num_examples"] == straight["num_examples"] == 180
+    assert read_all(str(out)) == read_all(str(tmp_path / "straight"))

@@ -6,7 +6,8 @@ Needs `imagenet2012` prepared (array_record) under $TFDS_DATA_DIR (never
 downloaded). Host: images (decoded by TFDS) resized to 224x224 (`resize:224`,
 aspect not kept; eval: shorter side 224 + central crop), sent as uint8; device: two SimCLR views per image (random resized crop
 0.08-1, flip, colour jitter strength 1.0, grayscale 0.2, blur 0.5), as in
-Chen et al. 2020. Head: 3-layer MLP with BN, 128-d output; tau 0.1; LARS with
+Chen et al. 2020. Head: 3-layer MLP with BN, 128-d output; tau 0.1 with SimCLR's own NT-Xent
+reduction (`simclr.reduction="simclr"`, twice jaxsup's default mean); LARS with
 lr 0.3 x batch/256, weight decay 1e-6, 10 warmup epochs, cosine decay. The
 NT-Xent runs as a device ring over mesh axis "data" (impl="ring"); BatchNorm
 statistics are over the global batch (jit over the sharded batch).
@@ -31,6 +32,7 @@ def get_config(arg=None):
     c.model_name = "resnet"
     c.model = dict(depth=50, num_classes=None, norm="batch")
     c.simclr.tau = 0.1
+    c.simclr.reduction = "simclr"  # official SimCLR loss_a + loss_b (2x jaxsup's mean): its lr ports as is
     c.simclr.impl = "ring"
     c.simclr.augment = dict(crop_scale=(0.08, 1.0), flip=True, jitter_strength=1.0, blur_prob=0.5)
     c.simclr.head = dict(num_layers=3, hidden_dim=2048, output_dim=128, use_bn=True)

@@ -62,7 +62,7 @@ def _sections() -> dict[str, dict[str, Any]]:
     return {
         "clip": dict(loss="softmax", block_impl="chunked", grad_cache_micro_batches=1, tokenizer="",
                      **_contrastive_fields()),
-        "simclr": dict(loss="nt_xent", views=2, tau=0.1, cacr=dict(t_pos=1.0, t_neg=1.0, alpha=1.0, beta=1.0),
+        "simclr": dict(loss="nt_xent", views=2, tau=0.1, reduction="mean", cacr=dict(t_pos=1.0, t_neg=1.0, alpha=1.0, beta=1.0),
                        augment={}, head={}, **_contrastive_fields()),
         "distill": dict(teacher=teacher_spec(), kind="kl", beta=0.5, temperature=4.0, alpha=0.9,
                         labelled_split="", nd_lambda=0.0, fused_head=False, fused_teacher="logits",

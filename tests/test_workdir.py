@@ -106,6 +106,23 @@ def test_a_second_run_on_a_workdir_in_use_stops_naming_the_holder(tmp_path, capl
     assert f"taking over the lock left by a run that is gone (PID {holder.pid}" in caplog.text
 
 
+def test_without_file_locks_the_pid_record_decides(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(workdir_lib.fcntl, "flock", no_locks)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
+    (tmp_path / "lock").write_text(json.dumps(record))  # a live holder on this host
+    with pytest.raises(WorkdirError, match=f"in use by PID {os.getpid()} on .* since 2026-01-01T00:00:00"):
+        workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "lock").write_text(json.dumps({**record, "pid": int(dead.stdout)}))
+    with caplog.at_level(logging.WARNING, "jaxsup"), workdir_lib.WorkdirLock(str(tmp_path)):
+        assert json.load(open(tmp_path / "lock"))["pid"] == os.getpid()
+    assert "file locks are not supported here" in caplog.text and f"PID {int(dead.stdout)}" in caplog.text
+    assert (tmp_path / "lock").read_text() == ""  # released: the record is emptied, the file stays
+
+
 # 5 ------------------------------------------------------------ nan_policy=skip
 def test_skipping_every_step_stops_after_max_consecutive_skips(tmp_path):
     config = tiny_supervised_config(nan_policy="skip", max_consecutive_skips=2, **{"optim.lr": float("nan")})

@@ -7,7 +7,8 @@ in CONTRASTIVE_IMPLS picks the implementation:
 
   softmax_contrastive(zimg, ztxt, log_t, *, impl, tile, fallback, backend, mesh, axis, block_impl)
   sigmoid_contrastive(zimg, ztxt, log_t, b, *, same)
-  nt_xent(z1, z2, tau, *, same)
+  nt_xent(z1, z2, tau, *, same, reduction)  reduction "mean" (default) is exactly half of
+                                           official SimCLR's loss; "simclr" is SimCLR's sum
 
 impl="ring" runs over a batch sharded on mesh axis `axis` of `mesh` (a device
 ring; `block_impl` "chunked" | "pallas" computes each device's blocks).
@@ -17,5 +18,6 @@ from __future__ import annotations
 from pallas_kernels.contrastive.api import IMPLS as CONTRASTIVE_IMPLS
 from pallas_kernels.contrastive.api import nt_xent, sigmoid_contrastive, softmax_contrastive
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
+from pallas_kernels.contrastive.common import NT_XENT_REDUCTIONS
 
 __all__ = ["CONTRASTIVE_IMPLS", "DEFAULT_TILE", "nt_xent", "sigmoid_contrastive", "softmax_contrastive"]

@@ -11,6 +11,10 @@ SimCLR does.
 
 config.simclr fields:
   tau: NT-Xent temperature
+  reduction: NT-Xent's "mean" over the 2N views (default; exactly half of official
+        SimCLR's loss_a + loss_b, gradients too) | "simclr" (that official sum, so SimCLR
+        learning rates port unchanged). simclr_resnet50_imagenet.py (SimCLR's LARS
+        recipe) uses "simclr"; the digits configs use "mean".
   impl: "reference" | "chunked" | "pallas" | "ring" (as in task "clip"); tile, fallback, axis
   augment: kwargs of simclr_augment (crop_scale, flip, jitter_strength, blur_prob, ...)
   head: kwargs of SimCLRHead (num_layers, hidden_dim, output_dim, use_bn)
@@ -38,7 +42,7 @@ from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive
 def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
     """NT-Xent of the views z1, z2 [N, E] with the configured implementation."""
     return contrastive.nt_xent(z1, z2, opts["tau"], impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"],
-                               mesh=mesh, axis=opts["axis"])
+                               mesh=mesh, axis=opts["axis"], reduction=opts["reduction"])
 
 
 @registry.register("task", "simclr")
@@ -49,6 +53,9 @@ class SimCLR(Task):
         super().__init__(config, mesh, data)
         self.opts = config.simclr
         check_contrastive_options(self.opts, "simclr", mesh)
+        if self.opts.reduction not in contrastive.NT_XENT_REDUCTIONS:
+            raise ConfigError(f"Unknown config.simclr.reduction {self.opts.reduction!r}; expected one of "
+                              f"{tuple(contrastive.NT_XENT_REDUCTIONS)}.")
         self.encoder = build_model(config.model_name, config.model)
         self.head = build_model("simclr_head", self.opts.head)
         self.augment = dict(self.opts.augment)

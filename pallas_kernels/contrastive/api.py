@@ -32,7 +32,9 @@ from jax.sharding import Mesh
 
 from pallas_kernels.contrastive.blockwise import BLOCKWISE, max_pass_metrics
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
-from pallas_kernels.contrastive.common import F32, LOSSES, Metrics, check_inputs, logit_params
+from pallas_kernels.contrastive.common import (
+    F32, LOSSES, Metrics, check_inputs, logit_params, nt_xent_reduction_factor,
+)
 from pallas_kernels.contrastive.reference import REFERENCE
 from pallas_kernels.contrastive.ring import sharded_loss
 from pallas_kernels.dispatch import import_kernels, run_impl
@@ -106,16 +108,26 @@ def nt_xent(
     z1: jax.Array, z2: jax.Array, tau: Scalar, *, impl: str = "reference",
     tile: int = DEFAULT_TILE, fallback: bool = False, backend: str | None = None,
     mesh: Mesh | None = None, axis: str = "data", block_impl: str = "chunked",
+    reduction: str = "mean",
 ) -> tuple[jax.Array, Metrics]:
     """SimCLR NT-Xent over the 2N views [z1; z2] with logits `z_k.z_j / tau`:
     `mean_k -log(exp(s_k,twin) / sum_{j != k} exp(s_kj))`.
+
+    Convention: with reduction="mean" (the default) this is exactly half of
+    official SimCLR's loss (`loss_a + loss_b`, the mean CE of z1's N rows plus
+    that of z2's), gradients too; reduction="simclr" returns that official sum,
+    so SimCLR's learning rates and weight decay port unchanged.
 
     Args:
       z1, z2: [N, D] two views (row i of each is a positive pair).
       tau: scalar temperature (float or array; differentiable).
       impl, tile, fallback, backend, mesh, axis, block_impl: module docstring.
+      reduction: "mean" | "simclr" (`common.NT_XENT_REDUCTIONS`).
     Returns:
       (loss f32 [], metrics: mean_positive_logit, top1 (argmax over j != k is the twin)).
     """
-    return _run("nt_xent", z1, z2, (tau,), impl=impl, tile=tile, fallback=fallback,
-                backend=backend, mesh=mesh, axis=axis, block_impl=block_impl)
+    factor = nt_xent_reduction_factor(reduction)
+    loss, metrics = _run("nt_xent", z1, z2, (tau,), impl=impl, tile=tile, fallback=fallback,
+                         backend=backend, mesh=mesh, axis=axis, block_impl=block_impl)
+    return factor * loss, metrics
+

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.contrastive.chunked_xla import argmax_pass, as_blocks
+from pallas_kernels.contrastive.common import stored_f32
 from pallas_kernels.contrastive.tiles import F32, init_stats, stats_lse, zeros_like_f32
 
 
@@ -101,18 +102,19 @@ def _partner_rows(x: jax.Array, mode: str) -> jax.Array:
 
 
 def positive_logits(a: jax.Array, c: jax.Array, scale: jax.Array, mode: str) -> jax.Array:
-    """[b] f32 logits scale * a_i.c_partner(i) of the positive pairs."""
-    return scale * row_dot(a, _partner_rows(c, mode))
+    """[b] f32 logits scale * a_i.c_partner(i) of the positive pairs, from the values
+    the block math reads (`stored_f32`: bf16 produced in the same jit stays rounded)."""
+    return scale * row_dot(stored_f32(a), _partner_rows(stored_f32(c), mode))
 
 
 def positive_backward(
     a: jax.Array, c: jax.Array, scale: jax.Array, w: jax.Array, mode: str
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """f32 cotangents (da, dc, dscale) of `-sum_i w_i * positive_logits_i`."""
-    c_partner = _partner_rows(c.astype(F32), mode)
+    a, c_partner = stored_f32(a), _partner_rows(stored_f32(c), mode)
     da = -scale * w[:, None] * c_partner
-    dc = -scale * _partner_rows(w[:, None] * a.astype(F32), mode)
-    return da, dc, -jnp.sum(w * row_dot(a.astype(F32), c_partner))
+    dc = -scale * _partner_rows(w[:, None] * a, mode)
+    return da, dc, -jnp.sum(w * row_dot(a, c_partner))
 
 
 def _cotangents(primals, f32_cotangents):
@@ -275,13 +277,14 @@ def sigmoid_metrics(a, c, scale, bias, row_argmax, sweep: Any = LOCAL) -> dict:
     O(B*D); nan if B == 1) and top-1 of the row argmax; logits include bias."""
     b = a.shape[0]
     n_total = sweep.n_total(b)
-    pos_sum = sweep.total(positive_logits(a, c, scale, "clip")) + n_total * bias
+    n = jnp.asarray(n_total, F32)  # pair counts in f32: n^2 leaves int32 from B = 46,341
+    pos_sum = sweep.total(positive_logits(a, c, scale, "clip")) + n * bias
     sum_a, sum_c = sweep.total(a.astype(F32)), sweep.total(c.astype(F32))
-    all_pairs = scale * jnp.dot(sum_a, sum_c) + n_total**2 * bias
+    all_pairs = scale * jnp.dot(sum_a, sum_c) + n * n * bias
     ids = sweep.row_offset(b) + jnp.arange(b)
     return lax.stop_gradient({
-        "mean_positive_logit": pos_sum / n_total,
-        "mean_negative_logit": (all_pairs - pos_sum) / (n_total * (n_total - 1)),
+        "mean_positive_logit": pos_sum / n,
+        "mean_negative_logit": (all_pairs - pos_sum) / (n * (n - 1.0)),
         "img2txt_top1": _fraction(row_argmax == ids, sweep, n_total),
     })
 

@@ -1,11 +1,13 @@
 """What every contrastive implementation shares: the three losses' static facts
-(`LOSSES`) and the input checks of the public entry points (`api.py`, `ring.py`)."""
+(`LOSSES`), the input checks of the public entry points (`api.py`, `ring.py`),
+NT-Xent's reductions and `stored_f32`, the embeddings' values as a kernel reads them."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from pallas_kernels.backend import check_positive_int
 
@@ -26,6 +28,36 @@ LOSSES = {
     "sigmoid": Loss("sigmoid_contrastive", ("zimg", "ztxt"), ("log_t", "b")),
     "nt_xent": Loss("nt_xent", ("z1", "z2"), ("tau",)),
 }
+
+
+# NT-Xent's reduction -> its factor on the mean over the 2N views. "mean" (jaxsup's
+# default) is exactly half of official SimCLR's `loss_a + loss_b` (each the mean CE of
+# one view's N rows), values and gradients; "simclr" is that official sum.
+NT_XENT_REDUCTIONS = {"mean": 1.0, "simclr": 2.0}
+
+
+def nt_xent_reduction_factor(reduction: str, name: str = "nt_xent") -> float:
+    """The factor of `NT_XENT_REDUCTIONS[reduction]`; ValueError naming the known ones."""
+    if reduction not in NT_XENT_REDUCTIONS:
+        raise ValueError(f"{name}: unknown reduction {reduction!r}; expected one of "
+                         f"{tuple(NT_XENT_REDUCTIONS)}.")
+    return NT_XENT_REDUCTIONS[reduction]
+
+
+def stored_f32(z: jax.Array) -> jax.Array:
+    """z [..., D] as float32 holding exactly the values of z's own dtype.
+
+    With XLA's excess precision (on by default) a consumer fused with the op
+    that produced bf16/f16 `z` in the same jit may read that op's unrounded f32
+    result, while a kernel (or a matmul) reads the rounded buffer. Anything
+    computed next to a kernel (the positive logits, their gradients) goes
+    through this, so both see the same numbers: `reduce_precision` to z's dtype
+    is the identity on rounded values and rounds unrounded ones the same way.
+    """
+    if z.dtype == F32:
+        return z
+    info = jnp.finfo(z.dtype)
+    return lax.reduce_precision(z.astype(F32), exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 def check_embeddings(name: str, x: Any, y: Any, x_name: str, y_name: str) -> None:

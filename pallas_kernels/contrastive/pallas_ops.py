@@ -81,6 +81,7 @@ from pallas_kernels.backend import (
     resolve_backend,
 )
 from pallas_kernels.contrastive import primitives
+from pallas_kernels.contrastive.common import stored_f32
 
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -179,8 +180,8 @@ def _config(zq, zk, backend, block_q, block_k, num_warps, num_stages) -> KernelC
 
 
 def _positive_logits(za: jax.Array, zb: jax.Array) -> jax.Array:
-    """Row-wise za_i . zb_i in f32 -> [B]."""
-    return jnp.sum(za.astype(jnp.float32) * zb.astype(jnp.float32), axis=1)
+    """Row-wise za_i . zb_i in f32 -> [B], from the values the kernels read (`stored_f32`)."""
+    return jnp.sum(stored_f32(za) * stored_f32(zb), axis=1)
 
 
 def softmax_contrastive_loss(

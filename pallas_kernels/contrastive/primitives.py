@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.backend import KernelConfig
 from pallas_kernels.contrastive import tiles as tiles_lib
+from pallas_kernels.contrastive.common import stored_f32
 from pallas_kernels.contrastive.kernels import row_grad, row_reduce
 
 
@@ -50,7 +51,7 @@ def _offset(offset: jax.Array) -> jax.Array:
 
 
 def _log_t_grad(zq_p: jax.Array, dzq_p: jax.Array) -> jax.Array:
-    return jnp.sum(zq_p.astype(jnp.float32) * dzq_p)
+    return jnp.sum(stored_f32(zq_p) * dzq_p)
 
 
 def _unpad(dz_p: jax.Array, like: jax.Array) -> jax.Array:

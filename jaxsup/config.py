@@ -82,6 +82,8 @@ def _sections() -> dict[str, dict[str, Any]]:
                      inner_lr=0.1),
         "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
                          templates="digits_heldout", temperature=1.0),
+        "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
+                         templates="digits_heldout", temperature=1.0),
     }
 
 
@@ -99,6 +101,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "coteaching": ("label_noise", "coteaching"),
     "look": ("look",),
     "tgeo_kd": ("tgeo",),
+    "promptkd": ("promptkd",),
     "promptkd": ("promptkd",),
 }
 

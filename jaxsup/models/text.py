@@ -84,7 +84,9 @@ class TextTransformer(nn.Module):
     norm_eps: float = DEFAULT_NORM_EPS
 
     @nn.compact
-    def __call__(self, tokens: jnp.ndarray, *, train: bool = False):
+    def __call__(self, tokens: jnp.ndarray, *, train: bool = False, prompt: jnp.ndarray | None = None):
+        """tokens [B, L] -> (logits or pooled features, out); prompt [M, D] or [B, M, D] (CoOp context
+        vectors) replaces the embeddings of positions 1..M (after BOS), which must hold non-pad ids."""
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"TextTransformer expects int token ids [B, L], got {tokens.dtype}{tokens.shape}.")
         length = tokens.shape[1]
@@ -98,6 +100,9 @@ class TextTransformer(nn.Module):
             self.vocab_size, self.width, embedding_init=nn.initializers.normal(stddev=0.02),
             dtype=self.dtype, param_dtype=self.param_dtype, name="token_embedding",
         )(tokens)
+        if prompt is not None:
+            prompt = jnp.broadcast_to(prompt.astype(x.dtype), (x.shape[0], *prompt.shape[-2:]))
+            x = x.at[:, 1:1 + prompt.shape[1]].set(prompt)
         posemb = self.param(
             "pos_embedding", nn.initializers.normal(stddev=0.01), (1, self.max_len, self.width),
             self.param_dtype,

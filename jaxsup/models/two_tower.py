@@ -86,7 +86,9 @@ class TwoTower(nn.Module):
             )
         return l2_normalize(features)
 
-    def __call__(self, images: jnp.ndarray | None, tokens: jnp.ndarray | None, *, train: bool = False):
+    def __call__(self, images: jnp.ndarray | None, tokens: jnp.ndarray | None, *, train: bool = False,
+                 prompt: jnp.ndarray | None = None):
+        """prompt: learned context vectors [M, D] for the text tower (text_transformer only; see text.py)."""
         out: dict[str, Any] = {}
         zimg = ztxt = None
         if images is not None:
@@ -94,7 +96,8 @@ class TwoTower(nn.Module):
             out["img_features"] = feats
             zimg = self._embed("img", feats)
         if tokens is not None:
-            feats, out["txt"] = self.txt(tokens, train=train)
+            extra = {} if prompt is None else {"prompt": prompt}
+            feats, out["txt"] = self.txt(tokens, train=train, **extra)
             out["txt_features"] = feats
             ztxt = self._embed("txt", feats)
         log_t = self.t[0]

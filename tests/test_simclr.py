@@ -178,3 +178,33 @@ def test_imagenet_config_loads_and_runlocal_keeps_family_loss_and_data():
                                                                                         "lars", "ring")
     assert tuple(local.partition_rules) == tuple(full.partition_rules) == ("fsdp",)
     assert local.task == "simclr" and local.total_steps == 4 and local.model.depth == 18
+
+
+@pytest.mark.parametrize("loss", ["nt_xent", "cacr"])
+def test_k_views_loss_equals_numpy_on_the_tasks_embeddings(loss):
+    """K = 3 views: NT-Xent is the mean over the 3 view pairs; CACR the NumPy formula over all 3."""
+    from jaxsup.data.augment import simclr_augment
+    from test_cacr import np_cacr
+
+    images = digits_images(8)
+    head = dict(num_layers=2, hidden_dim=16, output_dim=8, use_bn=False)
+    task, params, state = make_task(sharding.make_mesh((("data", 1),)), images, **{
+        "simclr.loss": loss, "simclr.views": 3, "simclr.head": head, "simclr.impl": "chunked", "simclr.tile": 5})
+    value, _ = jax.jit(lambda p: task.loss_fn(p, state, {}, {"image": images}, jax.random.key(1), 0))(params)
+    *keys, k_drop = jax.random.split(jax.random.key(1), 4)
+    views = jnp.concatenate([simclr_augment(k, images, **task.opts["augment"]) for k in keys])
+    z = np.asarray(task._embed(params, state, views, train=True, rng=k_drop)[1], np.float64).reshape(3, 8, -1)
+    if loss == "cacr":
+        want = np_cacr(z, *(task.opts.cacr[k] for k in ("t_pos", "t_neg", "alpha", "beta")))[0]
+    else:
+        want = np.mean([numpy_nt_xent(z[a], z[b], task.opts["tau"]) for a, b in ((0, 1), (0, 2), (1, 2))])
+    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+
+
+def test_bad_loss_options_are_named():
+    mesh = sharding.make_mesh((("data", 1),))
+    for overrides, message in (({"simclr.loss": "infonce"}, "config.simclr.loss 'infonce'"),
+                               ({"simclr.views": 1}, "at least 2 views"),
+                               ({"simclr.loss": "cacr", "simclr.impl": "ring"}, "not available for loss 'cacr'")):
+        with pytest.raises(ValueError, match=message):
+            build_task(tiny_simclr_config(**overrides), mesh)

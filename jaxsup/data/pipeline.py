@@ -1,7 +1,9 @@
 """grain pipelines: a deterministic, checkpointable train stream and padded eval batches.
 
 Train: the stream is epoch after epoch of the split, each epoch in its own
-permutation drawn from (seed, epoch) (`epoch_order`); local batch k holds
+permutation drawn from (seed, epoch) (`epoch_order`; with `guide`, pseudo-classes
+of the examples, an order in which no global batch holds two examples of one
+class: `jaxsup.data.guided_batches`); local batch k holds
 stream positions [k L, (k + 1) L) and is read and preprocessed as a whole
 (`jaxsup.data.batching.read_batch`: batched reads, per-example ops seeded by
 (seed, epoch, index), batched ops). Batch k is a pure function of (seed, k). Every batch carries
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jaxsup.data import batching, preprocess as preprocess_lib, splits
+from jaxsup.data import batching, guided_batches, preprocess as preprocess_lib, splits
 from jaxsup.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -58,15 +60,24 @@ def train_dataset(
     global_batch: int,
     seed: int,
     process_count: int | None = None,
+    guide: np.ndarray | None = None,
 ) -> grain.MapDataset:
-    """Infinite MapDataset of local batches; index k is local batch k of the stream."""
+    """Infinite MapDataset of local batches; index k is local batch k of the stream.
+
+    guide: pseudo-classes [n] of the split's examples, or None; when given, every
+    global batch holds examples of distinct classes (`guided_batches.GuidedOrder`).
+    """
     n = len(source)
     if n == 0:
         raise DataError("The train split has no examples (no shards, or an empty split).")
     if n < global_batch:
         raise DataError(f"The dataset has {n} examples, fewer than one batch ({global_batch}).")
     local = local_batch_size(global_batch, process_count)
-    read = functools.partial(_read_step, batching.in_memory(source), _as_preprocess(preprocess), n, seed, local)
+    order = None
+    if guide is not None:
+        order = guided_batches.GuidedOrder(guide, global_batch)
+        n = order.epoch_length
+    read = functools.partial(_read_step, batching.in_memory(source), _as_preprocess(preprocess), n, seed, local, order)
     return grain.MapDataset.range(STREAM_BATCHES).map(read)
 
 
@@ -78,19 +89,26 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return order
 
 
-def stream_examples(seed: int, n: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stream positions [L] -> (epochs [L], example indices [L]): position p is epoch p // n, slot p % n."""
+def stream_examples(
+    seed: int, n: int, positions: np.ndarray, order: Callable[[int, int], np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stream positions [L] -> (epochs [L], example indices [L]): position p is epoch p // n, slot p % n.
+
+    n: the epoch's length; order(seed, epoch) -> its example indices [n] (default `epoch_order`).
+    """
     epochs = positions // n
     indices = np.empty_like(positions)
     for epoch in np.unique(epochs):
         at = epochs == epoch
-        indices[at] = epoch_order(seed, int(epoch), n)[positions[at] % n]
+        epoch_indices = order(seed, int(epoch)) if order else epoch_order(seed, int(epoch), n)
+        indices[at] = epoch_indices[positions[at] % n]
     return epochs, indices
 
 
-def _read_step(source: Any, pre: preprocess_lib.Preprocess, n: int, seed: int, local: int, k: int) -> Batch:
+def _read_step(source: Any, pre: preprocess_lib.Preprocess, n: int, seed: int, local: int,
+               order: Callable[[int, int], np.ndarray] | None, k: int) -> Batch:
     """Local batch k of the stream: positions [k L, (k + 1) L), read and preprocessed."""
-    epochs, indices = stream_examples(seed, n, k * local + np.arange(local, dtype=np.int64))
+    epochs, indices = stream_examples(seed, n, k * local + np.arange(local, dtype=np.int64), order)
     return batching.read_batch(source, pre, indices, epochs, seed)
 
 

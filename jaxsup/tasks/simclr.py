@@ -1,21 +1,26 @@
-"""SimCLR self-supervised pretraining (task "simclr"): two augmented views, NT-Xent.
+"""SimCLR self-supervised pretraining (task "simclr"): K augmented views, NT-Xent or CACR.
 
 Encoder: any registered image model (`config.model_name`, `config.model`;
 set num_classes=None so it returns features [B, D]); projection head:
 `jaxsup.models.heads.SimCLRHead(**config.simclr.head)`. Batch: {"image":
-[N, H, W, C] float in [0, 1]}; labels are never read. Both views come from
+[N, H, W, C] float in [0, 1]}; labels are never read. The K views come from
 `jaxsup.data.augment.simclr_augment` with keys split from the step RNG, and
-are encoded in one forward pass ([2N, ...], so BatchNorm statistics are over
-both views of the global batch). The configs use LARS (config.optim.name), as
+are encoded in one forward pass ([K N, ...], so BatchNorm statistics are over
+all views of the global batch). The configs use LARS (config.optim.name), as
 SimCLR does.
 
 config.simclr fields:
+  loss: "nt_xent" (SimCLR; with K > 2 views the mean of NT-Xent over the K(K-1)/2 view pairs)
+        | "cacr" (contrastive attraction + repulsion, `jaxsup.losses.contrastive.cacr`)
+  views: K >= 2 augmented views per image
   tau: NT-Xent temperature
   reduction: NT-Xent's "mean" over the 2N views (default; exactly half of official
         SimCLR's loss_a + loss_b, gradients too) | "simclr" (that official sum, so SimCLR
         learning rates port unchanged). simclr_resnet50_imagenet.py (SimCLR's LARS
         recipe) uses "simclr"; the digits configs use "mean".
-  impl: "reference" | "chunked" | "pallas" | "ring" (as in task "clip"); tile, fallback, axis
+  cacr: kwargs of the CACR loss (t_pos, t_neg, alpha, beta)
+  impl: "reference" | "chunked" | "pallas" | "ring" (as in task "clip"); tile, fallback, axis;
+        CACR takes "reference" | "chunked"
   augment: kwargs of simclr_augment (crop_scale, flip, jitter_strength, blur_prob, ...)
   head: kwargs of SimCLRHead (num_layers, hidden_dim, output_dim, use_bn)
 
@@ -39,10 +44,37 @@ from jaxsup.tasks.base import Batch, DataInfo, Task
 from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive_options, split_variables
 
 
+LOSSES = ("nt_xent", "cacr")
+
+
 def nt_xent_loss(z1: jax.Array, z2: jax.Array, opts: dict[str, Any], mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
     """NT-Xent of the views z1, z2 [N, E] with the configured implementation."""
     return contrastive.nt_xent(z1, z2, opts["tau"], impl=opts["impl"], tile=opts["tile"], fallback=opts["fallback"],
                                mesh=mesh, axis=opts["axis"], reduction=opts["reduction"])
+
+
+def multiview_loss(z: jax.Array, opts: Any, mesh) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The configured loss of K views z [K, N, E]: CACR over all K, or NT-Xent
+    averaged over the K(K-1)/2 pairs of views (metrics averaged likewise)."""
+    if opts.loss == "cacr":
+        return contrastive.cacr(z, impl=opts.impl, tile=opts.tile, **opts.cacr)
+    pairs = [nt_xent_loss(z[a], z[b], opts, mesh) for a in range(len(z)) for b in range(a + 1, len(z))]
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *pairs)
+
+
+def check_loss_options(opts: Any, mesh) -> None:
+    """ConfigError for an unknown loss, fewer than 2 views, or an impl the loss lacks."""
+    check_contrastive_options(opts, "simclr", mesh)
+    if opts.loss not in LOSSES:
+        raise ConfigError(f"Unknown config.simclr.loss {opts.loss!r}; expected one of {LOSSES}.")
+    if opts.reduction not in contrastive.NT_XENT_REDUCTIONS:
+        raise ConfigError(f"Unknown config.simclr.reduction {opts.reduction!r}; expected one of "
+                          f"{tuple(contrastive.NT_XENT_REDUCTIONS)}.")
+    if opts.views < 2:
+        raise ConfigError(f"config.simclr.views={opts.views}: a contrastive loss needs at least 2 views.")
+    if opts.loss == "cacr" and opts.impl not in contrastive.CACR_IMPLS:
+        raise ConfigError(f"config.simclr.impl {opts.impl!r} is not available for loss 'cacr'; "
+                          f"expected one of {contrastive.CACR_IMPLS}.")
 
 
 @registry.register("task", "simclr")
@@ -52,10 +84,7 @@ class SimCLR(Task):
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
         self.opts = config.simclr
-        check_contrastive_options(self.opts, "simclr", mesh)
-        if self.opts.reduction not in contrastive.NT_XENT_REDUCTIONS:
-            raise ConfigError(f"Unknown config.simclr.reduction {self.opts.reduction!r}; expected one of "
-                              f"{tuple(contrastive.NT_XENT_REDUCTIONS)}.")
+        check_loss_options(self.opts, mesh)
         self.encoder = build_model(config.model_name, config.model)
         self.head = build_model("simclr_head", self.opts.head)
         self.augment = dict(self.opts.augment)
@@ -93,13 +122,10 @@ class SimCLR(Task):
         if "image" not in batch:
             raise DataError(f"simclr task: batch has no 'image'; has {sorted(batch)}.")
         images = batch["image"]
-        k1, k2, k_drop = jax.random.split(rng, 3)
-        views = jnp.concatenate(
-            [simclr_augment(k1, images, **self.augment), simclr_augment(k2, images, **self.augment)]
-        )
+        *view_keys, k_drop = jax.random.split(rng, self.opts.views + 1)
+        views = jnp.concatenate([simclr_augment(k, images, **self.augment) for k in view_keys])
         _, z, task_state = self._embed(params, task_state, views, train=True, rng=k_drop)
-        z1, z2 = jnp.split(z, 2)
-        loss, metrics = nt_xent_loss(z1, z2, self.opts, self.mesh)
+        loss, metrics = multiview_loss(z.reshape(self.opts.views, images.shape[0], -1), self.opts, self.mesh)
         return loss, (metrics, task_state)
 
     def predict(self, params, task_state, frozen, batch):

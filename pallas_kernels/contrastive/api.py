@@ -21,6 +21,9 @@ impl (IMPLS):
   whose per-device blocks `block_impl` computes ("chunked" | "pallas", the
   latter on `backend`, with `fallback` as above). Call it in the jitted step.
 `tile` is the column tile of the chunked scan and of the metrics' max-only pass.
+
+  cacr(z, *, t_pos, t_neg, alpha, beta, impl, tile)  CACR over K views [K, N, D]
+takes impl "reference" | "chunked" (CACR_IMPLS; `cacr_xla.py`).
 """
 from __future__ import annotations
 
@@ -30,16 +33,20 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from pallas_kernels.backend import check_positive_int
 from pallas_kernels.contrastive.blockwise import BLOCKWISE, max_pass_metrics
+from pallas_kernels.contrastive.cacr_xla import cacr_chunked
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
 from pallas_kernels.contrastive.common import (
     F32, LOSSES, Metrics, check_inputs, logit_params, nt_xent_reduction_factor,
 )
 from pallas_kernels.contrastive.reference import REFERENCE
+from pallas_kernels.contrastive.reference import cacr as cacr_reference
 from pallas_kernels.contrastive.ring import sharded_loss
 from pallas_kernels.dispatch import import_kernels, run_impl
 
 IMPLS = ("reference", "chunked", "pallas", "ring")
+CACR_IMPLS = ("reference", "chunked")
 Scalar = jax.Array | float
 
 
@@ -131,3 +138,38 @@ def nt_xent(
                          backend=backend, mesh=mesh, axis=axis, block_impl=block_impl)
     return factor * loss, metrics
 
+
+def cacr(
+    z: jax.Array, *, t_pos: float = 1.0, t_neg: float = 1.0, alpha: float = 1.0, beta: float = 1.0,
+    impl: str = "reference", tile: int = DEFAULT_TILE,
+) -> tuple[jax.Array, Metrics]:
+    """CACR (contrastive attraction + contrastive repulsion, Zheng et al.) over K views.
+
+    Attraction: each view pulls the other K - 1 views of its image with cost
+    `alpha ||z_a - z_p||^2`, weighted `softmax_p(t_pos ||z_a - z_p||^2)`.
+    Repulsion: each view pushes the views of the other images with cost
+    `-beta ||z_a - z_n||^2`, weighted `softmax_n(-t_neg ||z_a - z_n||^2)`.
+    Both weightings are differentiated. InfoNCE's uniform treatment is the
+    limit t_pos, t_neg -> 0 of the weights.
+
+    Args:
+      z: [K, N, D] float, K >= 2 views of N >= 2 images (L2-normalised by the caller).
+      t_pos, t_neg, alpha, beta: python floats (static), t >= 0.
+      impl: "reference" (the [KN, KN] matrix) or "chunked" (memory O(KN * (D + tile))).
+    Returns:
+      (loss f32 [], metrics without gradient: attraction, repulsion,
+      positive_sqdist, negative_sqdist (the weighted mean)).
+    """
+    shape = jnp.shape(z)
+    if len(shape) != 3 or shape[0] < 2 or shape[1] < 2 or shape[2] < 1:
+        raise ValueError(f"cacr: z must be [K, N, D] with K >= 2 views and N >= 2 images, got shape {shape}.")
+    if not jnp.issubdtype(jnp.result_type(z), jnp.floating):
+        raise ValueError(f"cacr: z must be floating, got {jnp.result_type(z)}.")
+    if min(t_pos, t_neg) < 0:
+        raise ValueError(f"cacr: temperatures must be >= 0, got t_pos={t_pos}, t_neg={t_neg}.")
+    tile = check_positive_int("cacr: tile", tile)
+    params = (float(t_pos), float(t_neg), float(alpha), float(beta))
+    return run_impl("cacr", impl, {
+        "reference": lambda: cacr_reference(z, *params, precision=None),
+        "chunked": lambda: cacr_chunked(z, *params, tile),
+    })

@@ -8,6 +8,7 @@ HIGHEST precision, so the comparison does not depend on the platform's default
 path, passes `precision=None`: the platform default.
 
   softmax_contrastive, sigmoid_contrastive, nt_xent -> (loss, metrics)
+  cacr -> (loss, metrics); cacr_attraction: its positive term (shared with chunked)
   pair_logsumexp, sigmoid_pair_row_sums: one block of a ring (Pallas primitives)
 """
 from __future__ import annotations
@@ -141,6 +142,61 @@ def nt_xent(
         "mean_positive_logit": jnp.mean(logits[jnp.arange(2 * n), twins]),
         "top1": _top1(jnp.argmax(logits, 1), twins),
     }
+
+
+def squared_norms(x: jax.Array) -> jax.Array:
+    """Squared L2 norms in f32: [..., D] -> [...]."""
+    x = x.astype(F32)
+    return jnp.sum(x * x, axis=-1)
+
+
+def cacr_attraction(
+    z: jax.Array, t_pos: float, alpha: float, precision: Precision = HIGHEST
+) -> tuple[jax.Array, jax.Array]:
+    """CACR's attraction over the K views of each image (z: [K, N, D]).
+
+    Query (k, i) pulls its positives (l, i), l != k, with cost
+    `c = alpha ||z_ki - z_li||^2` and weights `softmax_l(t_pos ||z_ki - z_li||^2)`
+    (farther positives pulled harder). Returns (mean over the K N queries of the
+    weighted cost, f32 []; mean positive squared distance, f32 []). Memory K^2 N.
+    """
+    k = z.shape[0]
+    dots = jnp.einsum("kid,lid->kli", z, z, precision=precision, preferred_element_type=F32)
+    norms = squared_norms(z)  # [K, N]
+    dist = norms[:, None, :] + norms[None, :, :] - 2.0 * dots  # [K, K, N]
+    self_pair = jnp.eye(k, dtype=bool)[:, :, None]
+    weights = jax.nn.softmax(jnp.where(self_pair, -jnp.inf, t_pos * dist), axis=1)
+    attraction = alpha * jnp.mean(jnp.sum(jnp.where(self_pair, 0.0, weights * dist), axis=1))
+    mean_dist = jnp.sum(jnp.where(self_pair, 0.0, dist)) / (k * (k - 1) * z.shape[1])
+    return attraction, mean_dist
+
+
+def cacr(
+    z: jax.Array, t_pos: float, t_neg: float, alpha: float, beta: float, precision: Precision = HIGHEST
+) -> tuple[jax.Array, Metrics]:
+    """CACR loss (Zheng et al.): contrastive attraction + contrastive repulsion.
+
+    z: [K, N, D], K >= 2 views of N >= 2 images. Attraction: `cacr_attraction`.
+    Repulsion: every view r of the K N is a query; its negatives are the views
+    of the other images, weighted `softmax_j(-t_neg d_rj)` with
+    `d = ||z_r - z_j||^2` (closer negatives pushed harder), cost `-beta d`.
+    The weights are part of the loss (differentiated, as in the paper's code).
+    Returns (attraction + mean repulsion, f32 []; metrics without gradient:
+    attraction, repulsion, positive_sqdist, negative_sqdist (weighted)).
+    """
+    k, n, d = z.shape
+    attraction, pos_dist = cacr_attraction(z, t_pos, alpha, precision)
+    flat = z.reshape(k * n, d)
+    norms = squared_norms(flat)
+    dist = norms[:, None] + norms[None, :] - 2.0 * similarity(flat, flat, precision)
+    image = jnp.arange(k * n) % n
+    same_image = image[:, None] == image[None, :]
+    weights = jax.nn.softmax(jnp.where(same_image, -jnp.inf, -t_neg * dist), axis=1)
+    neg_dist = jnp.sum(jnp.where(same_image, 0.0, weights * dist), axis=1)  # [K N]
+    repulsion = -beta * jnp.mean(neg_dist)
+    metrics = {"attraction": attraction, "repulsion": repulsion, "positive_sqdist": pos_dist,
+               "negative_sqdist": jnp.mean(neg_dist)}
+    return attraction + repulsion, jax.tree.map(lax.stop_gradient, metrics)
 
 
 REFERENCE = {"softmax": softmax_contrastive, "sigmoid": sigmoid_contrastive, "nt_xent": nt_xent}

@@ -115,7 +115,8 @@ def simclrv2_distill(tmp_path_factory, finetune):
         "simclrv2_distill_digits.py", 60, **{"distill.teacher.path": finetune.workdir, "optim.warmup_steps": 5}))
 
 
-KD_CONFIGS = ("kd_digits.py", "kd_digits.py:label_free", "feature_kd_digits.py", "kd_label_fraction_digits.py")
+KD_CONFIGS = ("kd_digits.py", "kd_digits.py:label_free", "kd_digits.py:fused_head", "feature_kd_digits.py",
+              "kd_label_fraction_digits.py")
 
 
 @pytest.fixture(scope="session")

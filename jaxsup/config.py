@@ -61,7 +61,8 @@ def _sections() -> dict[str, dict[str, Any]]:
     """Every task section with its defaults (fields documented in the task modules)."""
     return {
         "clip": dict(loss="softmax", block_impl="chunked", grad_cache_micro_batches=1, tokenizer="",
-                     **_contrastive_fields()),
+                     init_from="", init_subtree="", init_select=(), teacher="", teacher_model={},
+                     kd_weight=0.0, feature_kd_weight=0.0, **_contrastive_fields()),
         "simclr": dict(loss="nt_xent", views=2, tau=0.1, reduction="mean", cacr=dict(t_pos=1.0, t_neg=1.0, alpha=1.0, beta=1.0),
                        augment={}, head={}, **_contrastive_fields()),
         "distill": dict(teacher=teacher_spec(), kind="kl", beta=0.5, temperature=4.0, alpha=0.9,
@@ -143,6 +144,7 @@ def base_config(task: str = "supervised") -> ConfigDict:
         warmup_steps=100, end_lr_factor=0.0, weight_decay=1e-4, b1=0.9, b2=0.999,
         momentum=0.9, nesterov=False,
         clip_norm=1.0,  # 0 disables global-norm clipping
+        freeze=(),  # regexes (re.search) on param paths ("img/..."): those get no update (LiT's locked tower)
         lars_trust_coefficient=0.001,
     ))
 

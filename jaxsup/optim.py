@@ -2,11 +2,15 @@
 
 config.optim fields: name ("adamw" | "sgd" | "lars"), lr, warmup_steps,
 schedule ("cosine" | "constant"), end_lr_factor, weight_decay, b1, b2,
-momentum, nesterov, clip_norm (0 disables), lars_trust_coefficient.
+momentum, nesterov, clip_norm (0 disables), lars_trust_coefficient, freeze
+(regexes, `re.search`ed on param paths such as "img/encoder/..."; matching
+params get a zero update, no optimizer state, and are left out of the
+clipping norm: LiT's locked image tower).
 Weight decay (and LARS's trust ratio) skip biases, norm scales and scalars.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -71,4 +75,19 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
         )
     if cfg.clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    freeze = tuple(cfg.get("freeze", ()))
+    if freeze:
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()},
+                                    lambda params: frozen_labels(params, freeze))
     return opt, schedule
+
+
+def frozen_labels(params: Any, patterns: tuple[str, ...]) -> Any:
+    """"frozen" for each param whose path matches one of `patterns`, else "train"; ConfigError if none matches."""
+    regexes = [re.compile(p) for p in patterns]
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if any(r.search(path_str(path)) for r in regexes) else "train", params)
+    if "frozen" not in jax.tree.leaves(labels):
+        raise ConfigError(f"config.optim.freeze={patterns} matches no parameter (paths look like "
+                          f"{[path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)][:3]}).")
+    return labels

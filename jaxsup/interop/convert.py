@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxsup.errors import ConfigError
-from jaxsup.interop import big_vision, files, open_clip
+from jaxsup.errors import CheckpointError, ConfigError
+from jaxsup.interop import big_vision, files, open_clip, resample
 from jaxsup.interop.rules import check_against  # noqa: F401 (re-exported)
 
 IMPORT_FORMATS = ("open_clip", "big_vision")
@@ -80,16 +80,55 @@ def heads_of(expected: dict[str, tuple[int, ...]], tower: str) -> int:
     return int(shape[1]) if shape else 0
 
 
-def load_for_model(spec: str, expected: dict[str, tuple[int, ...]],
-                   dtypes: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def select(flat: dict[str, np.ndarray], origin: dict[str, str], subtree: str, names: tuple[str, ...],
+           where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The keys under `subtree` (re-rooted there), then only the top-level entries `names` (all if empty)."""
+    if subtree:
+        prefix = subtree.strip("/") + "/"
+        flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        origin = {k[len(prefix):]: v for k, v in origin.items() if k.startswith(prefix)}
+        if not flat:
+            raise CheckpointError(f"{where} has no sub-tree {subtree!r}.")
+    if names:
+        absent = [n for n in names if not any(k.split("/")[0] == n for k in flat)]
+        if absent:
+            tops = sorted({k.split("/")[0] for k in flat})
+            raise CheckpointError(f"{where} has no {absent} (its top-level entries: {tops}).")
+        flat = {k: v for k, v in flat.items() if k.split("/")[0] in names}
+    return flat, origin
+
+
+def resample_position_embeddings(flat: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]],
+                                 where: str) -> dict[str, np.ndarray]:
+    """Image position embeddings [1, N, D] resampled to the model's square patch grid [1, M, D]."""
+    out = dict(flat)
+    for key, value in flat.items():
+        want = tuple(expected.get(key, ()))
+        if (key.endswith("pos_embedding") and not key.startswith("txt/") and len(want) == 3
+                and value.ndim == 3 and value.shape != want and value.shape[::2] == want[::2]):
+            side = resample.square_grid(want[1], f"{where} model {key}")
+            out[key] = resample.resample_posemb(value, (side, side), f"{where} {key}")
+    return out
+
+
+def load_for_model(spec: str, expected: dict[str, tuple[int, ...]], dtypes: dict[str, Any] | None = None,
+                   subtree: str = "", names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """"FORMAT:PATH" -> flat params matching `expected` (our key -> shape), cast to `dtypes`.
 
-    Everything is read and checked before anything is returned: a mismatch is one
-    CheckpointError naming each missing / unexpected key and both shapes.
+    subtree: load a sub-tree of the checkpoint ("img": a CLIP image tower into a ViT);
+    names: only these top-level entries (e.g. ("img", "img_proj")), `expected` holding just them.
+    Image position embeddings are resampled (bilinear) to the model's patch grid. Everything is
+    read and checked before anything is returned: a mismatch is one CheckpointError naming
+    each missing / unexpected key and both shapes.
     """
     fmt, path = parse_init(spec)
-    flat, origin = import_file(fmt, path, heads_of(expected, "img"), heads_of(expected, "txt"))
-    check_against(flat, expected, origin, repr(path))
+    where = repr(path)
+    rooted = {f"{subtree.strip('/')}/{k}" if subtree else k: v for k, v in expected.items()}
+    heads = [heads_of(rooted, tower) or 1 for tower in ("img", "txt")]  # 1: a tower not loaded (any divisor)
+    flat, origin = import_file(fmt, path, *heads)
+    flat, origin = select(flat, origin, subtree, tuple(names), where)
+    flat = resample_position_embeddings(flat, expected, where)
+    check_against(flat, expected, origin, where)
     dtypes = dtypes or {}
     return {k: v.astype(dtypes.get(k, np.float32)) for k, v in flat.items()}
 

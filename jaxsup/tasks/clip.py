@@ -14,8 +14,18 @@ config.clip fields (defaults in jaxsup.config):
   block_impl: "chunked" | "pallas": the per-device block math of impl="ring"
   grad_cache_micro_batches: k > 1 computes the full-batch loss GradCache-style
         (jaxsup.losses.gradcache): activations of one micro-batch of B/k at a time
-  tokenizer: "" or a SentencePiece model path whose vocabulary size becomes the
-        text tower's vocab_size (set text_kwargs.vocab_size to 0)
+  tokenizer: "" or a tokenizer ("clip", a SentencePiece model path) whose vocabulary size
+        becomes the text tower's vocab_size (set text_kwargs.vocab_size to 0)
+  init_from: "" | a public checkpoint "open_clip:PATH" / "big_vision:PATH" | a run's workdir:
+        pretrained weights after the fresh init (tasks.common.load_pretrained: shapes checked,
+        image position embeddings resampled to this model's patch grid); init_subtree: where
+        this model's tree starts in it; init_select: top-level entries to load, e.g.
+        ("img", "img_proj") for LiT (with config.optim.freeze=("^img",): a locked image tower)
+  teacher: "" | a CLIP teacher, "FORMAT:PATH" or a run's workdir, model `teacher_model`
+        (two_tower kwargs; {} -> config.model): image-text distillation (open_clip's
+        DistillClipLoss / CLIP-KD), loss += kd_weight * logit KD over the batch similarity
+        matrix + feature_kd_weight * embedding distance (jaxsup.losses.clip_kd); both terms
+        are logged as "kd_logit" / "kd_feature" whenever a teacher is set
 
 predict(batch) outputs (each only when its input is in the batch, so a batch
 with only "tokens" runs only the text tower):
@@ -32,11 +42,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxsup import registry, sharding
 from jaxsup.data.tokenizer import get_tokenizer
 from jaxsup.errors import ConfigError, DataError
-from jaxsup.losses import contrastive, gradcache
+from jaxsup.losses import clip_kd, contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches
 from jaxsup.models.two_tower import LOSS_TYPES
 from jaxsup.tasks.base import Batch, DataInfo, Task
-from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive_options, split_variables
+from jaxsup.tasks.common import (
+    apply_with_state, build_model, check_contrastive_options, load_pretrained, split_variables,
+)
 
 
 def contrastive_image_text_loss(
@@ -79,11 +91,37 @@ class Clip(Task):
                 "set only config.clip.loss."
             )
         self.model = build_model(config.model_name, {**kwargs, "loss": opts.loss, **text_vocab(kwargs, opts.tokenizer)})
+        self.teacher = self._teacher_model(kwargs) if opts.teacher else None
         k = opts.grad_cache_micro_batches
         check_micro_batches(config.batch_size, k, sharding.num_batch_shards(mesh, config.batch_axes),
                             "clip.grad_cache_micro_batches")
         if k > 1 and config.grad_accum_steps > 1:
             raise ConfigError("config.clip.grad_cache_micro_batches > 1 replaces grad_accum_steps; set one of them.")
+        if k > 1 and self.teacher is not None:
+            raise ConfigError("config.clip.teacher (distillation) does not combine with grad_cache_micro_batches > 1.")
+
+    def _teacher_model(self, student_kwargs: dict[str, Any]):
+        """The teacher two_tower: config.clip.teacher_model kwargs, or the student's."""
+        opts = self.opts
+        kwargs = opts.teacher_model.to_dict() if hasattr(opts.teacher_model, "to_dict") else dict(opts.teacher_model)
+        kwargs = kwargs or student_kwargs
+        return build_model(self.config.model_name, {"loss": opts.loss, **kwargs, **text_vocab(kwargs, opts.tokenizer)})
+
+    def warm_start(self, params, task_state):
+        if not self.opts.init_from:
+            return params, task_state
+        return load_pretrained(self.opts.init_from, params, self.opts.init_subtree, tuple(self.opts.init_select)), task_state
+
+    def load_frozen(self):
+        """{"teacher": params} of config.clip.teacher on its shardings (config.partition_rules), or {}."""
+        if self.teacher is None:
+            return {}
+        example = self.data.example
+        abstract = jax.eval_shape(lambda: self.teacher.init(jax.random.key(0), example["image"], example["tokens"]))
+        shards = sharding.tree_shardings({"params": abstract["params"]}, self.config.partition_rules, self.mesh)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract["params"],
+                              shards["params"])
+        return {"teacher": load_pretrained(self.opts.teacher, target)}
 
     @staticmethod
     def _check_batch(batch: Batch, needed: tuple[str, ...]) -> None:
@@ -124,7 +162,7 @@ class Clip(Task):
         return loss, (metrics, task_state)
 
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
-        del frozen, step
+        del step
         self._check_batch(batch, ("image", "tokens"))
         if self.opts["grad_cache_micro_batches"] > 1:
             return self._grad_cache_loss(params, task_state, batch, rng)
@@ -133,6 +171,16 @@ class Clip(Task):
         )
         loss, metrics = contrastive_image_text_loss(zimg, ztxt, out, self.opts, self.mesh)
         metrics = {**metrics, "t": out["t"]}
+        if self.teacher is not None:
+            t_zimg, t_ztxt, t_out = self.teacher.apply({"params": frozen["teacher"]}, batch["image"], batch["tokens"],
+                                                       train=False)
+            student, teacher = (zimg, ztxt, out["log_t"]), (t_zimg, t_ztxt, t_out["log_t"])
+            metrics["contrastive_loss"] = loss
+            metrics["kd_logit"] = clip_kd.logit_kd(student, teacher)
+            loss = loss + self.opts.kd_weight * metrics["kd_logit"]
+            if self.opts.feature_kd_weight or zimg.shape[-1] == t_zimg.shape[-1]:
+                metrics["kd_feature"] = clip_kd.feature_kd(student, teacher)
+                loss = loss + self.opts.feature_kd_weight * metrics["kd_feature"]
         if "bias" in out:
             metrics["bias"] = out["bias"]
         return loss, (metrics, task_state)

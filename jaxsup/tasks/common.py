@@ -7,7 +7,8 @@
 - `FrozenModel`: a model whose variables come from another run's checkpoint
   (distillation teachers, weak supervisors), described by a
   `jaxsup.config.teacher_spec()` section; `restore_warm_start` (pretrained
-  weights from another run after a fresh init);
+  weights from another run after a fresh init); `load_pretrained` (a public
+  checkpoint "FORMAT:PATH" or a run, whole or a sub-tree);
 - `ImageClassifier`: the base of the classification tasks.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 from jaxsup import checkpoint, registry, sharding
 from jaxsup.data import augment
 from jaxsup.errors import ConfigError
+from jaxsup.interop import convert
 from jaxsup.losses.classification import classification_metrics
 from jaxsup.losses.contrastive import CONTRASTIVE_IMPLS
 from jaxsup.tasks.base import Batch, DataInfo, Task
@@ -216,6 +218,31 @@ def restore_warm_start(cfg: Any, init_from: str, params: Any, task_state: Any) -
     if cfg.init_state_subtree:
         task_state = {name: read(f"{cfg.init_state_subtree}/{name}", coll) for name, coll in task_state.items()}
     return read(cfg.init_subtree, params), task_state
+
+
+def is_public_checkpoint(spec: str) -> bool:
+    """True for "FORMAT:PATH" with FORMAT one of jaxsup.interop's import formats."""
+    return spec.partition(":")[0] in convert.IMPORT_FORMATS
+
+
+def load_pretrained(spec: str, params: Any, subtree: str = "", names: tuple[str, ...] = ()) -> Any:
+    """`params` (placed) with entries replaced by pretrained ones, each onto its leaf's sharding.
+
+    spec: a public checkpoint "FORMAT:PATH" (jaxsup.interop: shapes checked, image position
+    embeddings resampled to the model's patch grid) or another run's workdir. subtree: where
+    in that checkpoint the model's tree starts ("img": a CLIP image tower for a ViT); names:
+    the top-level entries to load (e.g. ("img", "img_proj")), () for all.
+    """
+    chosen = {k: v for k, v in params.items() if not names or k in names}
+    if not is_public_checkpoint(spec):
+        root = "/".join(p for p in ("params", subtree.strip("/")) if p)
+        path = check_run_path(spec, "init_from")
+        return {**params, **{k: checkpoint.restore_subtree(path, f"{root}/{k}", target=v) for k, v in chosen.items()}}
+    flat = convert.flatten(chosen)
+    loaded = convert.load_for_model(spec, {k: tuple(v.shape) for k, v in flat.items()},
+                                    {k: v.dtype for k, v in flat.items()}, subtree, tuple(names))
+    placed = {k: jax.device_put(v, flat[k].sharding) for k, v in loaded.items()}
+    return {**params, **convert.nest(placed)}
 
 
 # ------------------------------------------------------------ classifier base

@@ -80,7 +80,7 @@ def _sections() -> dict[str, dict[str, Any]]:
                            **_augment_fields()),
         "look": dict(loss="look", k=20, tau=0.1, momentum=0.5, pretrain_classes=10, **_augment_fields()),
         "tgeo": dict(teacher=teacher_spec(), mode="learned", alpha=0.5, temperature=4.0, val_examples=72, hidden=32,
-                     inner_lr=0.1),
+                     inner_lr=0.1, teacher_swap=()),
         "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
                          templates="digits_heldout", temperature=1.0),
         "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",

@@ -15,11 +15,12 @@ total_steps=100) makes the teacher wrong on more of the student's examples,
 the setting where a per-sample ratio can matter.
 
 `arg` switches: "fixed" (baseline: constant alpha = tgeo.alpha, same rows),
-"runlocal".
+"swapped" (the teacher's logits of classes 3<->8 and 1<->7 exchanged: confidently
+wrong on a fifth of the examples, where a per-sample ratio is visible), "runlocal".
 """
 from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 
-SWITCHES = ("fixed", "runlocal")
+SWITCHES = ("fixed", "swapped", "runlocal")
 
 
 def get_config(arg=None):
@@ -40,6 +41,8 @@ def get_config(arg=None):
     c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
     if "fixed" in args:
         c.tgeo.mode = "fixed"
+    if "swapped" in args:
+        c.tgeo.teacher_swap = ((3, 8), (1, 7))
     if "runlocal" in args:
         shrink_for_runlocal(c)
     return c

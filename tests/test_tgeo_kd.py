@@ -131,6 +131,14 @@ def test_wrong_teacher_meta_gradient_lowers_alpha():
     assert float(g_phi["b"]) > 0  # d val / d bias > 0: the step moves alpha towards the labels
 
 
+def test_swap_classes_exchanges_columns():
+    from jaxsup.tasks.tgeo_kd import swap_classes
+
+    logits = np.arange(12.0).reshape(2, 6)
+    got = np.asarray(jax.jit(lambda z: swap_classes(z, ((1, 4), (0, 5))))(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, logits[:, [5, 4, 2, 3, 1, 0]])
+
+
 # ------------------------------------------------------------------ task
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
@@ -149,7 +157,7 @@ def tgeo_config(teacher_path, arg="runlocal", **overrides):
 
 @pytest.mark.parametrize("field, value, match", [
     ("tgeo.mode", "both", "tgeo.mode"), ("tgeo.alpha", 1.0, "tgeo.alpha"),
-    ("tgeo.val_examples", 10_000, "leaves no training examples"),
+    ("tgeo.val_examples", 10_000, "leaves no training examples"), ("tgeo.teacher_swap", ((3, 10),), "teacher_swap"),
 ])
 def test_config_errors_name_the_field(teacher, tmp_path, field, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -21,7 +21,9 @@ mode "fixed":   the baseline, alpha_i = `tgeo.alpha` for every example (plain KD
     with a constant ratio), same train rows, validation rows unused.
 
 config.tgeo: teacher, mode, alpha, temperature, val_examples, hidden (ratio
-network width), inner_lr. Metrics: alpha (mean), alpha_teacher_right /
+network width), inner_lr, teacher_swap (pairs of classes whose teacher logits are
+swapped: a teacher confidently wrong on every example of those classes, the
+setting where a per-sample ratio has something to find; () = the teacher as is). Metrics: alpha (mean), alpha_teacher_right /
 alpha_teacher_wrong (mean alpha over train rows where the teacher's top-1 is /
 is not the label: the mechanism), val_ce (one-step validation CE).
 
@@ -45,6 +47,14 @@ from jaxsup.tasks.base import DataInfo, Task
 from jaxsup.tasks.common import FrozenModel, abstract_init, build_model, masked_mean
 
 MODES = ("learned", "fixed")
+
+
+def swap_classes(logits: jax.Array, pairs: Any) -> jax.Array:
+    """logits [B, K] with the columns of each (a, b) in pairs exchanged."""
+    order = np.arange(logits.shape[-1])
+    for a, b in pairs:
+        order[[a, b]] = order[[b, a]]
+    return logits[:, order]
 
 
 class RatioNet(nn.Module):
@@ -98,6 +108,10 @@ class TGeoKD(Task):
             raise ConfigError(f"tgeo.val_examples={cfg.val_examples} leaves no training examples in "
                               f"data.train_split={config.data.train_split!r}.")
         self.ratio = RatioNet(int(cfg.hidden), float(cfg.alpha)) if cfg.mode == "learned" else None
+        self.swap = tuple(tuple(int(c) for c in pair) for pair in cfg.teacher_swap)
+        if any(len(p) != 2 or not all(0 <= c < self.num_classes for c in p) for p in self.swap):
+            raise ConfigError(f"tgeo.teacher_swap={cfg.teacher_swap!r} must be pairs of class ids in [0, "
+                              f"{self.num_classes}).")
 
     def init(self, rng, batch):
         k_s, k_r = jax.random.split(rng)
@@ -114,7 +128,7 @@ class TGeoKD(Task):
 
     def _teacher_class_means(self, teacher_vars) -> np.ndarray:
         """[K, K]: mean teacher probabilities over the examples of each true class of data.train_split."""
-        probs_of = jax.jit(lambda v, b: (jax.nn.softmax(self.teacher.apply(v, b["image"])[0].astype(jnp.float32)),
+        probs_of = jax.jit(lambda v, b: (jax.nn.softmax(self._teacher_logits(v, b["image"]).astype(jnp.float32)),
                                          b["label"], b["mask"]), out_shardings=sharding.replicated(self.mesh))
         sums = np.zeros((self.num_classes, self.num_classes))
         counts = np.zeros(self.num_classes)
@@ -125,6 +139,10 @@ class TGeoKD(Task):
             np.add.at(counts, labels[keep], 1.0)
         return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
+    def _teacher_logits(self, teacher_vars, images) -> jax.Array:
+        """[B, K]: the frozen teacher's logits, with the tgeo.teacher_swap columns exchanged."""
+        return swap_classes(self.teacher.apply(teacher_vars, images)[0], self.swap)
+
     def _student_logits(self, student_params, images):
         return self.student.apply({"params": student_params}, images, train=False)[0]
 
@@ -134,7 +152,7 @@ class TGeoKD(Task):
         images, labels = batch["image"], batch["label"]
         val_mask = (batch["index"] >= self.num_train).astype(jnp.float32)
         train_mask = 1.0 - val_mask
-        t_logits, _ = self.teacher.apply(frozen["teacher"], images)
+        t_logits = self._teacher_logits(frozen["teacher"], images)
         temperature = float(cfg.temperature)
         if self.ratio is None:
             logits = self._student_logits(params["student"], images)
@@ -159,5 +177,5 @@ class TGeoKD(Task):
         return loss, (metrics, task_state)
 
     def predict(self, params, task_state, frozen, batch):
-        t_logits, _ = self.teacher.apply(frozen["teacher"], batch["image"])
+        t_logits = self._teacher_logits(frozen["teacher"], batch["image"])
         return {"logits": self._student_logits(params["student"], batch["image"]), "teacher_logits": t_logits}

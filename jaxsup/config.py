@@ -83,8 +83,6 @@ def _sections() -> dict[str, dict[str, Any]]:
                      inner_lr=0.1, teacher_swap=()),
         "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
                          templates="digits_heldout", temperature=1.0),
-        "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
-                         templates="digits_heldout", temperature=1.0),
     }
 
 
@@ -102,7 +100,6 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "coteaching": ("label_noise", "coteaching"),
     "look": ("look",),
     "tgeo_kd": ("tgeo",),
-    "promptkd": ("promptkd",),
     "promptkd": ("promptkd",),
 }
 

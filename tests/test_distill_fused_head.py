@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsup import sharding
 from jaxsup.errors import ConfigError
 
 from test_distill_task import kd_config, make_task, teacher_dir, train_batch  # noqa: F401  (fixture)
@@ -33,8 +34,9 @@ def assert_close(got, want, rtol, atol):
 def tasks_and_inputs(teacher_dir, dtype="float32", **overrides):  # noqa: F811
     base = {"distill.augment": "none", "distill.temperature": 3.0,
             "model": dict(widths=(16,), num_classes=10, dtype=dtype), **overrides}
-    plain = make_task(kd_config(teacher_dir, **base))
-    fused = make_task(kd_config(teacher_dir, **{**base, "distill.fused_head": True}))
+    devices = dict(overrides.get("mesh", (("data", 1),)))["data"]
+    plain = make_task(kd_config(teacher_dir, **base), devices)
+    fused = make_task(kd_config(teacher_dir, **{**base, "distill.fused_head": True}), devices)
     batch = train_batch(plain.config, size=32, step=60)
     params, state = plain.init(jax.random.key(1), jax.tree.map(lambda x: x[:1], batch))
     return plain, fused, (params, state, plain.load_frozen(), batch)
@@ -72,3 +74,15 @@ def test_fused_head_bad_fields(teacher_dir):  # noqa: F811
                                 ("distill.fused_impl", "pallas", "fused_impl")]:
         with pytest.raises(ConfigError, match=match):
             make_task(kd_config(teacher_dir, **{"distill.fused_head": True, field: value}))
+
+
+def test_fused_head_on_a_data_parallel_mesh(teacher_dir):  # noqa: F811
+    """Batch sharded over 4 devices: the fused step still equals the logits step."""
+    plain, fused, (params, state, frozen, batch) = tasks_and_inputs(teacher_dir, **{
+        "mesh": (("data", 4),), "distill.fused_teacher": "features", "distill.labelled_split": "train[:10%]"})
+    batch = jax.device_put(batch, sharding.batch_sharding(fused.mesh, fused.config.batch_axes))
+    assert len(batch["image"].sharding.device_set) == 4
+    (want, _), want_grads = loss_metrics_grads(plain, params, state, frozen, batch, jit=True)
+    (got, _), got_grads = loss_metrics_grads(fused, params, state, frozen, batch, jit=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert_close(got_grads, want_grads, 1e-4, 1e-6)

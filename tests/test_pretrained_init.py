@@ -157,3 +157,35 @@ def test_clip_kd_losses_match_numpy_values_and_gradients(name, jit):
         value, grads = jax.value_and_grad(lambda zi: ours((zi, teacher[1], teacher[2]), teacher))(
             jnp.asarray(teacher[0], jnp.float32))
         assert abs(float(value)) < 1e-5 and float(jnp.abs(grads).max()) < 1e-5
+
+
+# ----------------------------------------------------------------------------- bad input (no PyTorch needed)
+def test_bad_files_are_one_clear_error_and_nothing_is_loaded(exported, tmp_path):
+    from jaxsup.tasks.common import load_pretrained
+
+    flat, path = exported
+    params = convert.nest({k: jnp.asarray(v) for k, v in flat.items()})
+    before = jax.tree.map(np.asarray, params)
+    data = open(path, "rb").read()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    arrays = convert.export_flat("npz", flat)
+    convert.write("npz", arrays, str(tmp_path / "ok.npz"))
+    npz = open(tmp_path / "ok.npz", "rb").read()
+    (tmp_path / "cut.npz").write_bytes(npz[: len(npz) // 2])
+    convert.write("npz", {**arrays, "t": np.ones(1, np.int32)}, str(tmp_path / "int.npz"))
+    convert.write("npz", {"Transformer/encoder_norm/scale": np.ones(4, np.float32)}, str(tmp_path / "vit.npz"))
+    cases = {
+        "open_clip:" + str(tmp_path / "cut.safetensors"): "lies beyond the .* data bytes .*truncated",
+        "big_vision:" + str(tmp_path / "cut.npz"): "not a readable .npz file .*truncated",
+        "big_vision:" + str(tmp_path / "int.npz"): r"weights must be floating point; found t \(int32\)",
+        "big_vision:" + str(tmp_path / "vit.npz"): "Not a big_vision two-tower .*another model family",
+        "open_clip:" + str(tmp_path / "absent.safetensors"): "Checkpoint file not found",
+    }
+    for spec, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_pretrained(spec, params)
+    (tmp_path / "model.onnx").write_bytes(data)
+    with pytest.raises(ConfigError, match="Cannot tell the format"):
+        load_pretrained("open_clip:" + str(tmp_path / "model.onnx"), params)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), before)
+    np.testing.assert_array_equal(load_pretrained("big_vision:" + str(tmp_path / "ok.npz"), params)["t"], flat["t"])

@@ -2,7 +2,9 @@
 
 SigLIP's chunked metrics once formed `B**2 * bias` from a Python int, which JAX
 parses as int32: an OverflowError for every B >= 46,341, in the chunked path and
-the ring that shares it, though the chunked memory allows far larger batches.
+the ring that shares it, though the chunked memory allows far larger batches. The
+reference (its B x B logits fit a large GPU at that size) divides by `B * (B - 1)`,
+which JAX takes as a float there: traced too, to keep it so.
 These tests only trace and lower (abstract shapes), so they cost milliseconds.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ LOSSES = {
     "nt_xent": (api.nt_xent, (0.2,)),
 }
 IMPLS = {
+    "reference": dict(impl="reference"),
     "chunked": dict(impl="chunked"),
     "pallas": dict(impl="pallas", backend="interpret"),
     "ring": dict(impl="ring"),
@@ -27,7 +30,7 @@ IMPLS = {
 }
 # 46,341 = the first B with B**2 > 2**31 - 1; 836,000 ~ the rows 4 GiB allows (D = 8);
 # both divisible by 8 for the ring (46,344).
-BATCHES = {"chunked": (46_341, 836_000), "pallas": (46_341,), "ring": (46_344, 836_000),
+BATCHES = {"reference": (46_341,), "chunked": (46_341, 836_000), "pallas": (46_341,), "ring": (46_344, 836_000),
            "ring_pallas": (46_344,)}
 CASES = [(impl, batch) for impl, batches in BATCHES.items() for batch in batches]
 

@@ -12,12 +12,14 @@ $TRAIN --config configs/supervised_digits.py --workdir "$ROOT/weak_teacher" --co
     --config.total_steps=100 --config.batch_size=64 --config.checkpoint.every=100 --config.evals.test.every=100
 for teacher in teacher weak_teacher; do
   $T --root "$ROOT/tgeo_$teacher" --metric test/top1 --metric test/teacher_top1 --set "tgeo.teacher.path=$ROOT/$teacher" \
-     --arm "TGeo-KD=configs/tgeo_kd_digits.py" --arm "KD fixed alpha=configs/tgeo_kd_digits.py:fixed"
+     --arm "TGeo-KD=configs/tgeo_kd_digits.py" --arm "KD fixed alpha=configs/tgeo_kd_digits.py:fixed" \
+     --arm "CE only (alpha 0.001)=configs/tgeo_kd_digits.py:fixed|tgeo.alpha=0.001"
 done
 $T --root "$ROOT/tgeo_weak_a03" --metric test/top1 --set "tgeo.teacher.path=$ROOT/weak_teacher" \
    --arm "KD fixed alpha 0.3=configs/tgeo_kd_digits.py:fixed|tgeo.alpha=0.3"
 $T --root "$ROOT/tgeo_swapped" --metric test/top1 --metric test/teacher_top1 --set "tgeo.teacher.path=$ROOT/teacher" \
-   --arm "TGeo-KD=configs/tgeo_kd_digits.py:swapped" --arm "KD fixed alpha=configs/tgeo_kd_digits.py:fixed,swapped"
+   --arm "TGeo-KD=configs/tgeo_kd_digits.py:swapped" --arm "KD fixed alpha=configs/tgeo_kd_digits.py:fixed,swapped" \
+   --arm "CE only (alpha 0.001)=configs/tgeo_kd_digits.py:fixed,swapped|tgeo.alpha=0.001"
 # PromptKD: the CLIP teacher, its CoOp prompt (3 seeds; seed 0 is the students' teacher), the students.
 $TRAIN --config configs/clip_digits.py --workdir "$ROOT/clip"
 $T --root "$ROOT/coop" --metric test/top1 --set "promptkd.clip.path=$ROOT/clip" \

@@ -25,8 +25,8 @@ RUNLOCAL_SIZE = 32  # image side under runlocal (two 16-px patches per side)
 
 def image_ops(size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, eval) host image ops: inception crop / shorter side + central crop, uint8 out."""
-    return (("decode", f"inception_crop:size={size},scale_min=0.9"),
-            ("decode", f"resize_small:{size}", f"central_crop:{size}"))
+    return ((f"inception_crop:size={size},scale_min=0.9",),  # JPEG bytes: decoded at a reduced DCT scale
+            (f"resize_small:{size}", f"central_crop:{size}"))
 
 
 def get_config(arg=None):

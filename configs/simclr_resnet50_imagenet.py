@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.simclr.head = dict(num_layers=3, hidden_dim=2048, output_dim=128, use_bn=True)
     c.data.name = "imagenet2012"
     c.data.preprocess = (f"resize:{size}", "keep:image")
-    c.data.eval_preprocess = ("decode", f"resize_small:{size}", f"central_crop:{size}", "label_to_int32",
+    c.data.eval_preprocess = (f"resize_small:{size}", f"central_crop:{size}", "label_to_int32",
                               "keep:image,label")
     c.batch_size = 4096
     steps_per_epoch = IMAGENET_TRAIN // c.batch_size

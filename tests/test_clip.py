@@ -131,8 +131,8 @@ def test_real_scale_configs_runlocal_keeps_family_loss_rules_and_data():
             assert c.clip.impl == "ring" and tuple(c.partition_rules) == ("fsdp",)
             assert c.clip.loss == ("sigmoid" if "siglip" in name else "softmax")
             assert sorted(c.evals) == ["retrieval", "zero_shot"] and c.evals.zero_shot.dataset == "cifar10"
-        assert full.data.preprocess[1] == "inception_crop:size=224,scale_min=0.9"
-        assert local.data.preprocess[1] == "inception_crop:size=32,scale_min=0.9"
+        assert full.data.preprocess[0] == "inception_crop:size=224,scale_min=0.9"
+        assert local.data.preprocess[0] == "inception_crop:size=32,scale_min=0.9"
         assert local.batch_size < full.batch_size and local.total_steps < full.total_steps
 
 

@@ -90,7 +90,11 @@ def to_mode(pil: Image.Image, channels: int, where: str) -> Image.Image:
             warnings.simplefilter("ignore")  # palette-with-transparency notices
             if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
                 pil = Image.fromarray((np.asarray(pil, np.uint32) >> 8).astype(np.uint8))
-            return pil.convert("RGB" if channels == 3 else "L")
+            target = "RGB" if channels == 3 else "L"
+            if pil.mode == target:  # most JPEGs: decode in place, no converted copy
+                pil.load()
+                return pil
+            return pil.convert(target)
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data surfaces at load
         raise DataError(f"{where}: the image cannot be decoded (truncated or corrupt): {err}") from err
 

@@ -131,6 +131,15 @@ def test_wrong_teacher_meta_gradient_lowers_alpha():
     assert float(g_phi["b"]) > 0  # d val / d bias > 0: the step moves alpha towards the labels
 
 
+def test_fused_rows_bf16_logits_within_bf16_tolerance():
+    x, w, y, zt, _, _, _ = problem(3)
+    zs, alpha = x @ w, np.full(len(y), 0.4)
+    got = trilateral.fused_kd_rows(jnp.asarray(zs, jnp.bfloat16), jnp.asarray(zt, jnp.bfloat16), jnp.asarray(y),
+                                   jnp.asarray(alpha, jnp.float32), T)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, np_fused_rows(zs, zt, y, alpha, T), rtol=2e-2, atol=2e-2)
+
+
 def test_swap_classes_exchanges_columns():
     from jaxsup.tasks.tgeo_kd import swap_classes
 

@@ -77,7 +77,8 @@ def test_fused_head_bad_fields(teacher_dir):  # noqa: F811
 
 
 def test_fused_head_on_a_data_parallel_mesh(teacher_dir):  # noqa: F811
-    """Batch sharded over 4 devices: the fused step still equals the logits step."""
+    """Batch sharded over 4 devices (the fused loss runs per shard in a shard_map, totals psum'd):
+    the fused step still equals the logits step."""
     plain, fused, (params, state, frozen, batch) = tasks_and_inputs(teacher_dir, **{
         "mesh": (("data", 4),), "distill.fused_teacher": "features", "distill.labelled_split": "train[:10%]"})
     batch = jax.device_put(batch, sharding.batch_sharding(fused.mesh, fused.config.batch_axes))

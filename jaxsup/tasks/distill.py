@@ -37,7 +37,8 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   logits (fused_teacher="logits") or as its own `pre_logits` and head
   ("features": no teacher logits either). fused_impl: "chunked" or
   "reference" (builds the logits; for tests). Same loss and gradients as
-  the unfused path; `predict` (evaluation) still builds logits.
+  the unfused path; on a mesh that splits the batch it runs per batch shard
+  (shard_map). `predict` (evaluation) still builds logits.
 
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a
@@ -47,6 +48,7 @@ teacher with params_subtree "params/student", state_subtree
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -54,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from jaxsup import registry, sharding
 from jaxsup.errors import ConfigError
@@ -234,12 +237,37 @@ class Distill(Task):
         n = h_s.shape[0]
         kd_weights = jnp.full((n,), alpha / n, jnp.float32)
         ce_weights = None if labels is None else (1.0 - alpha) * mask / jnp.maximum(mask.sum(), 1.0)
-        loss, rows = fused_linear_kd_ce(
-            h_s, w_s, teacher, float(cfg.temperature), labels=jnp.zeros((n,), jnp.int32) if labels is None else labels,
-            kd_weights=kd_weights, ce_weights=ce_weights, kind=cfg.kind, beta=float(cfg.beta), impl=cfg.fused_impl)
+        labels_or_zeros = jnp.zeros((n,), jnp.int32) if labels is None else labels
+        loss, rows = self._fused_head_loss(h_s, w_s, teacher, labels_or_zeros, kd_weights, ce_weights)
         ce_rows = None if labels is None else rows.ce
         return (loss, {"kd": rows.kd.mean()}, ce_rows, (rows.student_top1, rows.teacher_top1), s_out, t_out,
                 student_state)
+
+    def _fused_head_loss(self, h_s, w_s, teacher, labels, kd_weights, ce_weights):
+        """`fused_linear_kd_ce` (total, RowAux [B]); on a mesh that splits the batch, per batch shard
+        (shard_map over the data axes, totals psum'd, W's gradient summed by the transpose), so each
+        device computes only its own rows' [chunk, K] logits instead of GSPMD gathering the batch."""
+        cfg = self.cfg
+
+        def loss(h, w, t, lab, kd_w, *ce_w):
+            return fused_linear_kd_ce(h, w, t, float(cfg.temperature), labels=lab, kd_weights=kd_w,
+                                      ce_weights=ce_w[0] if ce_w else None, kind=cfg.kind, beta=float(cfg.beta),
+                                      impl=cfg.fused_impl)
+
+        args = (h_s, w_s, teacher, labels, kd_weights) + (() if ce_weights is None else (ce_weights,))
+        axes = sharding.data_axes(self.mesh, self.config.batch_axes)
+        if math.prod(self.mesh.shape[a] for a in axes) == 1:
+            return loss(*args)
+
+        def per_shard(*shard_args):
+            total, rows = loss(*shard_args)
+            return jax.lax.psum(total, axes), rows
+
+        rows_spec = P(axes)
+        teacher_spec = (rows_spec, P()) if isinstance(teacher, tuple) else rows_spec
+        in_specs = (rows_spec, P(), teacher_spec) + (rows_spec,) * (len(args) - 3)
+        return jax.shard_map(per_shard, mesh=self.mesh, in_specs=in_specs, out_specs=(P(), rows_spec),
+                             check_vma=False)(*args)
 
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del step

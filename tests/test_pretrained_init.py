@@ -189,3 +189,26 @@ def test_bad_files_are_one_clear_error_and_nothing_is_loaded(exported, tmp_path)
         load_pretrained("open_clip:" + str(tmp_path / "model.onnx"), params)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), before)
     np.testing.assert_array_equal(load_pretrained("big_vision:" + str(tmp_path / "ok.npz"), params)["t"], flat["t"])
+
+
+def test_finetune_a_vit_from_a_clip_image_tower(exported):
+    """task finetune, init_from "open_clip:PATH", init_subtree "img": the tower loads, the new head keeps its init."""
+    from jaxsup import experiment, sharding
+    from jaxsup.config import set_task
+    from jaxsup.tasks.base import DataInfo
+
+    flat, path = exported
+    config = base_config()
+    set_task(config, "finetune")
+    config.model_name, config.model = "vit", {**TOWER, "num_classes": 10}
+    config.finetune.init_from, config.finetune.init_subtree = f"open_clip:{path}", "img"
+    config.mesh = (("data", 1),)
+    mesh = sharding.make_mesh(config.mesh)
+    example = {"image": np.zeros((1, 8, 8, 1), np.float32), "label": np.zeros((1,), np.int32)}
+    task = experiment.build_task(config, mesh, DataInfo(example, None, None, None))  # no data read
+    params, state = task.init(jax.random.key(0), example)
+    loaded, _ = task.warm_start(params, state)
+    got = {k: np.asarray(v) for k, v in convert.flatten(loaded).items()}
+    for key, value in got.items():
+        want = np.asarray(convert.flatten(params)[key]) if key.startswith("head/") else flat[f"img/{key}"]
+        np.testing.assert_array_equal(value, want, err_msg=key)

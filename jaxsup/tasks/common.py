@@ -261,12 +261,18 @@ class ImageClassifier(Task):
         super().__init__(config, mesh, data)
         self.model = build_model(config.model_name, config.model)
         source = config[self.warm_start_section].init_from if self.warm_start_section else ""
-        self.init_from = check_run_path(source, f"{self.warm_start_section}.init_from") if source else ""
+        if source and not is_public_checkpoint(source):
+            source = check_run_path(source, f"{self.warm_start_section}.init_from")
+        self.init_from = source
 
     def warm_start(self, params: Any, task_state: Any) -> tuple[Any, Any]:
         if not self.init_from:
             return params, task_state
-        return restore_warm_start(self.config[self.warm_start_section], self.init_from, params, task_state)
+        cfg = self.config[self.warm_start_section]
+        if is_public_checkpoint(self.init_from):  # e.g. a CLIP image tower: init_subtree "img"
+            names = tuple(k for k in params if k not in set(cfg.init_skip))
+            return load_pretrained(self.init_from, params, cfg.init_subtree, names), task_state
+        return restore_warm_start(cfg, self.init_from, params, task_state)
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         return split_variables(self.model.init(rng, batch["image"], train=False))

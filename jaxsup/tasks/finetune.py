@@ -5,9 +5,13 @@ sub-tree of another run's checkpoint instead of random weights, and the batch
 can be augmented on the device. config.finetune (defaults in
 `jaxsup.config`):
 
-  init_from           the other run's workdir or checkpoints dir ("" -> random init)
+  init_from           the other run's workdir or checkpoints dir ("" -> random init),
+                      or a public checkpoint "open_clip:PATH" / "big_vision:PATH"
+                      (jaxsup.interop; image position embeddings resampled to the
+                      model's patch grid)
   init_subtree        where the weights live there ("params/encoder" for a
-                      simclr run, "params" for a supervised one)
+                      simclr run, "params" for a supervised one; "img" for a
+                      CLIP image tower, into a ViT with the same options)
   init_state_subtree  where its BatchNorm stats etc. live ("task_state/encoder";
                       "" -> keep the fresh ones); each collection c of the
                       model is read from f"{init_state_subtree}/{c}"

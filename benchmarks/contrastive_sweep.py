@@ -9,8 +9,8 @@ race is compiled (`benchmarks/contrastive_loss.compile_impl`), warmed up and
 timed (the impls interleaved, min of `--repeats`, wall and CPU time). An impl
 leaves the race at its first out-of-memory (compile or run: XLA's
 RESOURCE_EXHAUSTED), when its step took more than `--max-step-s`, or when
-B would pass `--max-batch`; the sweep stops growing at `--deadline-s` seconds
-(what was measured is kept). TFLOP/s are model FLOPs (`model_flops`: the three
+B would pass `--max-batch`; the sweep stops growing at `--deadline-s` seconds,
+split evenly over the losses (what was measured is kept). TFLOP/s are model FLOPs (`model_flops`: the three
 [B, B, d] matmuls) over wall time, as a fraction of the bf16 matmul peak
 measured at the start of the same run. `largest_batch` per (loss, impl) is
 the largest B that ran.
@@ -79,9 +79,10 @@ def sweep(args) -> dict:
     print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} dim={args.dim} "
           f"dtype={args.dtype} measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s", flush=True)
     results, largest = {}, {}
-    for loss in args.loss:
+    for index, loss in enumerate(args.loss):
         racing, batch = list(args.impl), args.start
-        while racing and batch <= args.max_batch and time.perf_counter() - start_time < args.deadline_s:
+        deadline = start_time + args.deadline_s * (index + 1) / len(args.loss)  # each loss gets its share
+        while racing and batch <= args.max_batch and time.perf_counter() < deadline:
             rows = measure_batch(loss, racing, batch, args, peak)
             results.setdefault(loss, {})[str(batch)] = rows
             for impl, row in rows.items():

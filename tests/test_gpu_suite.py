@@ -12,7 +12,7 @@ from helpers import ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_suite  # noqa: E402
 
-STAGES = ["env", "pytest_gpu", "contrastive", "fused_kd", "train_step"]
+STAGES = ["env", "pytest_gpu", "contrastive", "fused_kd", "train_step", "train_step_remat"]
 
 
 def test_dry_run_prints_the_full_plan_within_eight_minutes(capsys):
@@ -24,8 +24,9 @@ def test_dry_run_prints_the_full_plan_within_eight_minutes(capsys):
     assert all(w in lines["contrastive"] for w in ("--impl reference chunked pallas", "--loss softmax sigmoid",
                                                     "--dim 512", "--start 16384", "bfloat16"))
     assert "2048,1024,32768,float32" in lines["fused_kd"] and "8192,1024,131072,float32" in lines["fused_kd"]
-    assert all(w in lines["train_step"] for w in ("configs/clip_vit_b16.py ", "--batch 256 --per_device",
-                                                   "--impls chunked,pallas", "--remat both"))
+    for stage, remat in (("train_step", "--remat off"), ("train_step_remat", "--remat on")):
+        assert all(w in lines[stage] for w in ("configs/clip_vit_b16.py ", "--batch 256 --per_device",
+                                               "--impls chunked,pallas", remat))
     stages = gpu_suite.plan(smoke=False)
     assert sum(s.timeout_s for s in stages) <= 470 < 8 * 60  # the stages' limits; the suite's budget is 470 s
     with pytest.raises(SystemExit):
@@ -47,6 +48,8 @@ def test_cpu_smoke_runs_every_stage_and_writes_one_report(tmp_path):
     assert "skipped" in data["contrastive"]["results"]["sigmoid"]["64"]["pallas"]  # no Pallas on CPU: said so
     fused_rows = data["fused_kd"]["results"][0]["rows"]
     assert fused_rows["rows"]["wall_ms"] > 0 and "skipped" in fused_rows["pallas"]
-    assert data["train_step"]["variants"]["chunked+remat"]["step_ms"] > 0
+    assert data["train_step"]["variants"]["chunked"]["step_ms"] > 0
+    assert data["train_step_remat"]["variants"]["chunked+remat"]["step_ms"] > 0
+    assert "skipped" in data["train_step"]["variants"]["pallas"]
     markdown = (out / "report.md").read_text()
     assert all(f"## {name}" in markdown for name in STAGES[:1] + STAGES[2:])

@@ -1,9 +1,10 @@
 """Forward+backward time and XLA scratch memory of the contrastive-loss impls.
 
-    python benchmarks/contrastive_loss.py [--loss softmax sigmoid nt_xent]
+    python benchmarks/contrastive_loss.py [--loss softmax sigmoid nt_xent cacr]
         [--impl reference chunked pallas] [--batch 1024 4096 16384] [--dim 256]
         [--tile 512] [--repeats 3] [--dtype bfloat16] [--tflops]
 
+(`cacr`: CACR over the two views, K N = 2B rows like NT-Xent; no "pallas".)
 For each loss and batch size B it compiles `jit(value_and_grad(loss))` w.r.t.
 both embeddings and the scalars for each impl, reads
 `memory_analysis().temp_size_in_bytes`, times the minimum over `--repeats`
@@ -29,6 +30,8 @@ LOSSES = {
     "softmax": (contrastive.softmax_contrastive, (np.log(10.0),)),
     "sigmoid": (contrastive.sigmoid_contrastive, (np.log(10.0), -10.0)),
     "nt_xent": (contrastive.nt_xent, (0.1,)),
+    # CACR over the K = 2 views [z1; z2] (2B rows, as NT-Xent); impl "pallas" does not exist for it.
+    "cacr": (lambda z1, z2, *, impl, tile: contrastive.cacr(jnp.stack([z1, z2]), t_neg=2.5, impl=impl, tile=tile), ()),
 }
 
 
@@ -82,7 +85,7 @@ def time_impls(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
 
 def model_flops(loss: str, batch: int, dim: int) -> float:
     """FLOPs of S = Zi Ztᵀ, dZi = dS Zt and dZt = dSᵀ Zi for one fwd+bwd."""
-    n = 2 * batch if loss == "nt_xent" else batch
+    n = 2 * batch if loss in ("nt_xent", "cacr") else batch
     return 6.0 * n * n * dim
 
 

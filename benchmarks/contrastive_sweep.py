@@ -8,7 +8,7 @@ For each loss, B doubles from `--start`; at each B every impl still in the
 race is compiled (`benchmarks/contrastive_loss.compile_impl`), warmed up and
 timed (the impls interleaved, min of `--repeats`, wall and CPU time). An impl
 leaves the race at its first out-of-memory (compile or run: XLA's
-RESOURCE_EXHAUSTED), when its step took more than `--max-step-s`, or when
+RESOURCE_EXHAUSTED; any other error is recorded too), when its step took more than `--max-step-s`, or when
 B would pass `--max-batch`; the sweep stops growing at `--deadline-s` seconds,
 split evenly over the losses (what was measured is kept). TFLOP/s are model FLOPs (`model_flops`: the three
 [B, B, d] matmuls) over wall time, as a fraction of the bf16 matmul peak
@@ -36,6 +36,13 @@ def is_oom(err: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
 
 
+def failure(err: Exception, when: str) -> dict:
+    """The row of an impl that failed: {"oom": when} or {"error": the first line of the message}."""
+    if is_oom(err):
+        return {"oom": when}
+    return {"error": f"{when}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"}
+
+
 def measure_batch(loss: str, impls: list[str], batch: int, args, peak: float) -> dict[str, dict]:
     """impl -> {wall_ms, cpu_ms, temp_mib, tflops, peak_fraction} or {oom} / {skipped} at one B."""
     rows, runs = {}, {}
@@ -43,10 +50,8 @@ def measure_batch(loss: str, impls: list[str], batch: int, args, peak: float) ->
     for impl in impls:
         try:
             result = bench.compile_impl(loss, impl, batch, args.dim, args.tile, dtype)
-        except Exception as err:  # noqa: BLE001  (anything but OOM is re-raised)
-            if not is_oom(err):
-                raise
-            rows[impl] = {"oom": "compile"}
+        except Exception as err:  # noqa: BLE001  (recorded; the impl leaves the race, the sweep goes on)
+            rows[impl] = failure(err, "compile")
             continue
         if isinstance(result, str):
             rows[impl] = {"skipped": result[:200]}
@@ -54,17 +59,13 @@ def measure_batch(loss: str, impls: list[str], batch: int, args, peak: float) ->
             runs[impl] = result
     try:
         times = bench.time_impls(runs, args.repeats)
-    except Exception as err:  # noqa: BLE001
-        if not is_oom(err):
-            raise
+    except Exception:  # noqa: BLE001  (find which one failed: one at a time)
         times = {}
-        for impl, run in list(runs.items()):  # find which one ran out: one at a time
+        for impl, run in list(runs.items()):
             try:
                 times.update(bench.time_impls({impl: run}, args.repeats))
-            except Exception as one_err:  # noqa: BLE001
-                if not is_oom(one_err):
-                    raise
-                rows[impl] = {"oom": "run"}
+            except Exception as err:  # noqa: BLE001
+                rows[impl] = failure(err, "run")
     for impl, (wall, cpu) in times.items():
         achieved = bench.model_flops(loss, batch, args.dim) / wall
         rows[impl] = {"wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3, "temp_mib": runs[impl][2] / 2**20,

@@ -70,6 +70,8 @@ def compile_variant(variant: str, case, kind: str):
         compiled = make_step(variant, kind).lower(*structs(case)).compile()
     except ValueError as err:  # e.g. "pallas" where no kernel backend runs
         return f"skipped: {str(err).split('(')[0].strip()}"
+    except Exception as err:  # noqa: BLE001  (e.g. out of memory: recorded, the other variants go on)
+        return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
     return compiled, compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -82,8 +84,12 @@ def random_inputs(case, seed: int = 0) -> tuple:
 
 def interleaved_medians(runs: dict, inputs: tuple, iters: int) -> dict[str, tuple[float, float]]:
     """variant -> (median wall s, median process CPU s), the variants run in turn."""
-    for compiled in runs.values():
-        jax.block_until_ready(compiled(*inputs))
+    for name, compiled in list(runs.items()):
+        try:
+            jax.block_until_ready(compiled(*inputs))
+        except Exception as err:  # noqa: BLE001  (e.g. out of memory at run time)
+            print(f"{name}: failed at its first run: {type(err).__name__}: {str(err)[:160]}")
+            del runs[name]
     times = {name: [] for name in runs}
     for _ in range(iters):
         for name, compiled in runs.items():
@@ -107,6 +113,8 @@ def measure_case(case, variants: list[str], kind: str, iters: int | None) -> dic
         row = {"temp_mib": temp / 2**20}
         if ref:
             row["mem_ratio"] = temp / max(ref[1], 1)
+        if iters and name not in timed:
+            row["skipped"] = "failed at its first run (see the log)"
         if name in timed:
             row["wall_ms"], row["cpu_ms"] = (1e3 * t for t in timed[name])
             if "reference" in timed:

@@ -109,7 +109,7 @@ def _stage_tables(name: str, data: dict) -> list[str]:
             f"backend {data['backend']}, devices {data['devices']}, env {data['env']}", ""]
     if name == "contrastive":
         rows = [[loss, int(b), impl, *(r.get(k, "-") for k in ("wall_ms", "temp_mib", "tflops", "peak_fraction")),
-                 r.get("oom", r.get("skipped", ""))[:60]]
+                 r.get("oom", r.get("error", r.get("skipped", "")))[:60]]
                 for loss, by_b in data["results"].items() for b, impls in by_b.items() for impl, r in impls.items()]
         return [f"bf16 matmul peak measured: {data['peak_tflops']:.1f} TFLOP/s; largest B: {data['largest_batch']}",
                 ""] + _table(["loss", "B", "impl", "wall ms", "temp MiB", "TFLOP/s", "of peak", "note"], rows)

@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as err:  # e.g. impl="pallas" where its kernels cannot run
             print(f"{name}: skipped: {err}")
             rows[name] = {"skipped": str(err)[:200]}
+        except Exception as err:  # noqa: BLE001  (e.g. out of memory: recorded, the other variants still run)
+            print(f"{name}: failed: {type(err).__name__}: {err}")
+            rows[name] = {"skipped": f"failed: {type(err).__name__}: {str(err)[:200]}"}
     times = time_steps(built, args.steps, args.warmup)
 
     peak_override = args.peak_flops or base.peak_flops_per_device

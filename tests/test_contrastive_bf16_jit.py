@@ -81,13 +81,13 @@ def test_bf16_produced_in_jit_equals_reference_on_rounded_values(name, impl, bat
     x, y = unit_rows(batch + dim, batch, dim)
     value, grads = loss_in_jit(name, impl, x, y)
     ref_value, ref_grads = loss_on_rounded_values(name, x, y)
-    # Logits are up to 10 (CLIP, SigLIP) or 5 (NT-Xent): the loss is f32 sums of exact
-    # bf16 products: 1e-5 (with the bug, CLIP B = 7: 5.6e-5 off, B = 1: 1e-2). Gradients: 5e-2 of the largest entry. The
-    # Pallas losses round the kernel's and the positives' parts to bf16 separately
-    # before adding them, which at a low loss (CLIP B = 7: 0.118) costs up to 3.9 % of
-    # the largest entry (measured); with the bug the error was above 100 %.
+    # Logits are up to 10 (CLIP, SigLIP) or 5 (NT-Xent): the loss is f32 sums of exact bf16
+    # products: 1e-5 (with the bug, CLIP B = 7 was 5.6e-5 off, B = 1 1e-2). Gradients: 2e-2 of
+    # the largest entry, as for bf16 inputs in test_pallas_contrastive (the kernels' backward
+    # rounds its tile weights to bf16; measured here at most 1.6 %, CLIP B = 7, where the
+    # bug gave 5.2 %, and 3.9 % when the positives' part was added after a bf16 rounding).
     np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5, atol=1e-5)
     for g, ref_g in zip(grads, ref_grads):
         ref_g = np.asarray(ref_g, np.float64)
-        atol = 5e-2 * max(np.abs(ref_g).max(), 1e-3)
-        np.testing.assert_allclose(np.asarray(g, np.float64), ref_g, rtol=5e-2, atol=atol)
+        atol = 2e-2 * max(np.abs(ref_g).max(), 1e-3)
+        np.testing.assert_allclose(np.asarray(g, np.float64), ref_g, rtol=2e-2, atol=atol)

@@ -65,7 +65,10 @@ are shrunk to it.
 Precision: f32 inputs use HIGHEST-precision dots (IEEE f32 on GPU, no TF32),
 so results match the f32 reference; bf16 inputs use bf16 MXU/tensor-core dots
 with f32 accumulation, and the backward casts its f32 tile weights to bf16
-before the second matmul.
+before the second matmul. The whole losses add the positives' gradient to the
+kernel's in f32 before one cast to the input dtype (`primitives.clip_loss`,
+`primitives.nt_xent_loss`); the positives read the same rounded values as the
+kernels (`common.stored_f32`), also for bf16 produced inside the same jit.
 """
 from __future__ import annotations
 
@@ -81,7 +84,6 @@ from pallas_kernels.backend import (
     resolve_backend,
 )
 from pallas_kernels.contrastive import primitives
-from pallas_kernels.contrastive.common import stored_f32
 
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -179,11 +181,6 @@ def _config(zq, zk, backend, block_q, block_k, num_warps, num_stages) -> KernelC
                          num_warps=num_warps, num_stages=num_stages)
 
 
-def _positive_logits(za: jax.Array, zb: jax.Array) -> jax.Array:
-    """Row-wise za_i . zb_i in f32 -> [B], from the values the kernels read (`stored_f32`)."""
-    return jnp.sum(stored_f32(za) * stored_f32(zb), axis=1)
-
-
 def softmax_contrastive_loss(
     zimg: jax.Array, ztxt: jax.Array, log_t, *, backend: str | None = None,
     block_q: int | None = None, block_k: int | None = None,
@@ -197,9 +194,7 @@ def softmax_contrastive_loss(
     _check_embeddings(("zimg", "ztxt"), zimg, ztxt, same_rows=True)
     log_t = _scalar("log_t", log_t)
     cfg = _config(zimg, ztxt, backend, block_q, block_k, num_warps, num_stages)
-    row, col = primitives.softmax_pair(cfg, False, zimg, ztxt, log_t, jnp.zeros((), jnp.int32))
-    positives = jnp.exp(log_t).astype(jnp.float32) * _positive_logits(zimg, ztxt)
-    return 0.5 * (jnp.mean(row - positives) + jnp.mean(col - positives))
+    return primitives.clip_loss(cfg, zimg, ztxt, log_t)
 
 
 def sigmoid_contrastive_loss(
@@ -233,11 +228,9 @@ def nt_xent_loss(
     """
     _check_embeddings(("z1", "z2"), z1, z2, same_rows=True)
     tau = _scalar("tau", tau)
-    z = jnp.concatenate([z1, z2], axis=0)
+    z = jax.ShapeDtypeStruct((2 * z1.shape[0], z1.shape[1]), z1.dtype)  # the 2N views
     cfg = _config(z, z, backend, block_q, block_k, num_warps, num_stages)
-    lse = primitives.symmetric_lse(cfg, z, -jnp.log(tau))
-    positives = _positive_logits(z1, z2) / tau.astype(jnp.float32)
-    return jnp.mean(lse) - jnp.mean(positives)
+    return primitives.nt_xent_loss(cfg, z1, z2, tau)
 
 
 def softmax_pair_lse(

@@ -107,3 +107,24 @@ def test_guide_file_round_trip_and_checks(tmp_path):
     data.batch_guide = str(tmp_path / "missing.npz")
     with pytest.raises(DataError, match="does not exist"):
         G.load_guide(data, 32)
+
+
+def test_a_guided_run_trains_and_a_missing_guide_is_named(tmp_path):
+    """configs/gsimclr_digits.py through train_and_evaluate: guide file -> run; missing file -> DataError."""
+    import os
+
+    from helpers import ROOT
+    from jaxsup.config import load_config
+    from jaxsup.train import train_and_evaluate
+
+    guide = str(tmp_path / "guide.npz")
+    G.save_guide(guide, np.arange(1437) % 10, "train", "digits")
+    missing = load_config(os.path.join(ROOT, "configs/gsimclr_digits.py:guide=" + str(tmp_path / "none.npz")),
+                          {"mesh": (("data", 1),)})
+    with pytest.raises(DataError, match="does not exist"):
+        train_and_evaluate(missing, str(tmp_path / "missing"))
+    c = load_config(os.path.join(ROOT, f"configs/gsimclr_digits.py:runlocal,guide={guide}"))
+    c.total_steps, c.checkpoint.async_save, c.mesh = 4, False, (("data", 1),)
+    c.evals = {}
+    metrics = train_and_evaluate(c, str(tmp_path / "run"))
+    assert np.isfinite(metrics["train/loss"])

@@ -358,7 +358,7 @@ def _restore_subtree_with(manager, directory: str, subtree: str, target: Any, st
 
 
 def check_same_run(meta: dict[str, Any], config: Any, where: str) -> None:
-    """Raises if the checkpoint was written with another seed, batch size or dataset.
+    """Raises if the checkpoint was written with another seed, batch size, dataset or batch guide.
 
     The data order and every RNG derive from (seed, step) and the batch size,
     so resuming under different ones would silently change the run.
@@ -370,6 +370,7 @@ def check_same_run(meta: dict[str, Any], config: Any, where: str) -> None:
         "batch_size": (saved.get("batch_size"), config.batch_size),
         "data.name": (saved_data.get("name"), data.name),
         "data.train_split": (saved_data.get("train_split"), data.train_split),
+        "data.batch_guide": (saved_data.get("batch_guide"), data.get("batch_guide", "")),
     }
     changed = [f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in pairs.items() if a is not None and a != b]
     if changed:

@@ -128,3 +128,19 @@ def test_a_guided_run_trains_and_a_missing_guide_is_named(tmp_path):
     c.evals = {}
     metrics = train_and_evaluate(c, str(tmp_path / "run"))
     assert np.isfinite(metrics["train/loss"])
+
+
+def test_resuming_with_another_guide_is_refused():
+    """The guide changes the data order, so a checkpoint written with one does not resume under another."""
+    import json
+
+    from jaxsup.checkpoint import check_same_run
+    from jaxsup.errors import CheckpointError
+
+    config = base_config("simclr")
+    config.data.batch_guide = "/runs/guide_a.npz"
+    meta = {"seed": 0, "config": json.dumps(config.to_dict())}
+    check_same_run(meta, config, "ckpt")  # the same guide resumes
+    config.data.batch_guide = ""
+    with pytest.raises(CheckpointError, match="data.batch_guide: checkpoint '/runs/guide_a.npz' vs config ''"):
+        check_same_run(meta, config, "ckpt")

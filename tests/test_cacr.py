@@ -110,7 +110,8 @@ def test_zero_temperatures_give_uniform_weights():
         np.testing.assert_allclose(float(loss), want, rtol=1e-5, err_msg=impl)
 
 
-def test_bf16_inputs():
+@pytest.mark.parametrize("use_jit", [True, False])
+def test_bf16_inputs(use_jit):
     """bf16 views: f32 loss within bf16 rounding of the float64 truth on the same
     (rounded) values; bf16 gradients within 2 % of the largest f32 gradient."""
     z = jnp.asarray(_views(4, 6, 8, seed=3), jnp.bfloat16)
@@ -119,7 +120,7 @@ def test_bf16_inputs():
     _, g_f32 = _loss_and_grad("reference")(z.astype(jnp.float32))
     scale = float(jnp.max(jnp.abs(g_f32)))
     for impl, tile in (("reference", 512), ("chunked", 5)):
-        (loss, _), grad = _loss_and_grad(impl, tile)(z)
+        (loss, _), grad = _loss_and_grad(impl, tile, use_jit)(z)
         assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
         np.testing.assert_allclose(float(loss), want, rtol=2e-3, err_msg=impl)
         np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(g_f32), atol=2e-2 * scale, err_msg=impl)

@@ -12,6 +12,7 @@ from jaxsup.data import class_names, image_text, tokenizer
 from jaxsup.errors import ConfigError
 
 from helpers import ROOT
+from test_real_datasets import mock_tfds  # noqa: F401 (fixture: the real TFDS builders on mock records)
 
 CONFIG = os.path.join(ROOT, "configs/zero_shot_imagenet.py")
 
@@ -78,3 +79,31 @@ def test_class_caption_with_imagenet_names():
     op = image_text.class_caption("templates=openai_imagenet,names=imagenet2012")
     caption = op({"label": np.int32(1), "image": np.zeros((2, 2, 3), np.uint8)})["text"]
     assert "goldfish" in caption
+
+
+@pytest.mark.slow  # 80 000 prompts tokenised and embedded: ~85 s on the shared 2-core machine
+def test_imagenet_config_end_to_end_on_mock_imagenet(mock_tfds, tmp_path):
+    """jaxsup.eval --init on configs/zero_shot_imagenet.py (towers shrunk): 1000 classes x 80 prompts
+    through the real imagenet2012 builder's records (random content, tfds.testing.mock_data)."""
+    pytest.importorskip("ftfy")
+    pytest.importorskip("regex")
+    pytest.importorskip("open_clip")  # ships the CLIP BPE vocabulary
+    import jax
+
+    from jaxsup import eval as eval_lib, experiment
+    from jaxsup.interop import convert
+
+    c = load_config(CONFIG)
+    small = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
+    c.model.image_kwargs = {**c.model.image_kwargs.to_dict(), **small}
+    c.model.text_kwargs = {**c.model.text_kwargs.to_dict(), **small}
+    c.model.embed_dim, c.mesh, c.evals.zero_shot.batch_size = 16, (("data", 1),), 2000
+    mesh = sharding.make_mesh(c.mesh)
+    data = experiment.data_info(c, mesh)
+    params, _ = experiment.build_task(c, mesh, data).init(jax.random.key(0), data.example)
+    path = str(tmp_path / "clip.safetensors")
+    convert.write("open_clip", convert.export_flat("open_clip", {k: np.asarray(v) for k, v in
+                                                                 convert.flatten(params).items()}), path)
+    got = eval_lib.evaluate(c, init=f"open_clip:{path}")
+    assert got["zero_shot/count"] == 32.0  # MOCK_EXAMPLES validation images
+    assert 0 <= got["zero_shot/top1"] <= got["zero_shot/top5"] <= 1

@@ -13,7 +13,9 @@ back (tests/test_interop_commands.py). The digits are one grey channel, so the
 exported image tower takes 1-channel input (open_clip's conv1 expects 3).
 
 `arg` switches: "runlocal" (a 20-step smoke run); "bytes" (the byte tokenizer
-instead of CLIP's BPE: the same architecture without the [clip] extra, for tests).
+instead of CLIP's BPE: the same architecture without the [clip] extra, for tests;
+its EOS is the smallest id, so EOT pooling at the largest id lands on the caption's
+highest byte instead: fine for the interop and LiT/KD tests, not a model to report).
 """
 from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
 

@@ -26,6 +26,7 @@ from jaxsup.interop import convert
 from helpers import ROOT, apply_overrides
 
 CONFIG = os.path.join(ROOT, "configs/clip_digits_openclip.py:runlocal,bytes")
+pytestmark = pytest.mark.xdist_group("interop_commands")  # one worker builds the shared checkpoint
 
 
 def digits_config(**overrides):

@@ -115,33 +115,30 @@ def test_simclr_imagenet_config_reads_imagenet2012(mock_tfds):
     assert val["image"].shape == (8, 224, 224, 3) and ((0 <= val["label"]) & (val["label"] < 1000)).all()
 
 
-@pytest.fixture(scope="module")
-def runlocal_runs(mock_tfds, tmp_path_factory):
-    """clip_vit_b16.py:runlocal and simclr_resnet50_imagenet.py:runlocal trained end to end (8 CPU devices)."""
-    out = {}
-    for spec in ("clip_vit_b16.py:runlocal", "simclr_resnet50_imagenet.py:runlocal"):
-        workdir = str(tmp_path_factory.mktemp(spec.split(".")[0]))
-        c = config(spec)
-        for ev in c.evals.values():
-            ev.every = c.total_steps  # one evaluation, at the end, is enough here
-        final = train_and_evaluate(c, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f]
-        losses = [r["train/loss"] for r in records if "train/loss" in r]
-        out[spec] = final, losses, workdir
-    return out
+def train_runlocal(spec: str, workdir: str) -> tuple[dict, list[float], str]:
+    """`spec` (a runlocal config) trained end to end on 8 CPU devices; (final metrics, logged losses, workdir)."""
+    c = config(spec)
+    for ev in c.evals.values():
+        ev.every = c.total_steps  # one evaluation, at the end, is enough here
+    final = train_and_evaluate(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+    return final, losses, workdir
 
 
-def test_clip_vit_b16_runlocal_trains_and_evaluates(runlocal_runs):
-    final, losses, workdir = runlocal_runs["clip_vit_b16.py:runlocal"]
+def test_clip_vit_b16_runlocal_trains_and_evaluates(mock_tfds, tmp_path):
+    """ViT-B/16 family, ring loss, FSDP rules, coco_captions + zero-shot on cifar10 + retrieval (~30 CPU-s)."""
+    final, losses, workdir = train_runlocal("clip_vit_b16.py:runlocal", str(tmp_path))
     assert len(losses) >= 2 and np.isfinite(losses).all()
     assert final["zero_shot/count"] == MOCK_EXAMPLES and final["retrieval/count"] == MOCK_EXAMPLES
     assert 0 <= final["zero_shot/top1"] <= final["zero_shot/top5"] <= 1
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
 
 
-def test_simclr_imagenet_runlocal_trains_and_evaluates(runlocal_runs):
-    final, losses, workdir = runlocal_runs["simclr_resnet50_imagenet.py:runlocal"]
+@pytest.mark.slow  # ~45 CPU-s, most of it compiling the ResNet step; its pipeline is tested above
+def test_simclr_imagenet_runlocal_trains_and_evaluates(mock_tfds, tmp_path):
+    final, losses, workdir = train_runlocal("simclr_resnet50_imagenet.py:runlocal", str(tmp_path))
     assert len(losses) >= 2 and np.isfinite(losses).all()
-    assert 0 <= final["linear_probe/top1"] <= 1 and 0 <= final["knn/top1"] <= 1
+    # mock_data gives every split the same records, so the probes' accuracy says nothing here: only that they ran
+    assert final["linear_probe/count"] == final["knn/count"] == MOCK_EXAMPLES
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))

@@ -13,7 +13,9 @@ Tokenizer: bytes (max_len 96) by default, or a local SentencePiece model
 ("spm=PATH", max_len 64). The loss runs as a device ring over mesh axis "data"
 (impl="ring"); parameters are FSDP-sharded.
 
-`arg` switches (comma-separated): "spm=PATH"; "runlocal" keeps the model
+`arg` switches (comma-separated): "spm=PATH"; "data=DIR" trains on a dataset
+written by `python -m jaxsup.data.convert` (e.g. CC3M webdataset tars; its
+"caption" feature; retrieval on its "test" split); "runlocal" keeps the model
 family (ViT patch 16 + text transformer), the ring loss, FSDP rules, datasets
 and ops, and shrinks sizes (32 px images, 1-layer towers, batch 16, 4 steps),
 as big_vision's runlocal does (tests run it on tfds.testing.mock_data).
@@ -30,7 +32,8 @@ def image_ops(size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def get_config(arg=None):
-    args = parse_switches(arg, ("runlocal",), valued=("spm",))
+    args = parse_switches(arg, ("runlocal",), valued=("spm", "data"))
+    caption = "caption" if "data" in args else "captions/text"  # converted data: one caption per record
     size = RUNLOCAL_SIZE if "runlocal" in args else 224
     train_image, eval_image = image_ops(size)
     if "spm" in args:  # vocab_size 0: the clip task reads it from the SentencePiece model
@@ -53,11 +56,12 @@ def get_config(arg=None):
         dtype="bfloat16",  # compute; params stay f32, losses accumulate in f32
         param_dtype="float32",
     )
-    c.data.name = "coco_captions"
+    c.data.path = args.get("data", "")
+    c.data.name = c.data.path.rstrip("/").rsplit("/", 1)[-1] if c.data.path else "coco_captions"
     c.data.train_split = "train"
-    c.data.preprocess = (*train_image, "pick_caption:feature=captions/text,choice=hash", tokenize,
+    c.data.preprocess = (*train_image, f"pick_caption:feature={caption},choice=hash", tokenize,
                          "keep:image,tokens")
-    c.data.eval_preprocess = (*eval_image, "pick_caption:feature=captions/text,choice=first", tokenize,
+    c.data.eval_preprocess = (*eval_image, f"pick_caption:feature={caption},choice=first", tokenize,
                               "keep:image,tokens")
     c.batch_size = 4096
     c.total_steps = 10_000  # ~500 epochs of COCO's 82k train images

@@ -134,6 +134,8 @@ def test_real_scale_configs_runlocal_keeps_family_loss_rules_and_data():
         assert full.data.preprocess[0] == "inception_crop:size=224,scale_min=0.9"
         assert local.data.preprocess[0] == "inception_crop:size=32,scale_min=0.9"
         assert local.batch_size < full.batch_size and local.total_steps < full.total_steps
+    converted = load_config(os.path.join(ROOT, "configs/clip_vit_b16.py:data=/d/cc3m"))
+    assert converted.data.path == "/d/cc3m" and "pick_caption:feature=caption,choice=hash" in converted.data.preprocess
 
 
 def test_unprojectable_image_tower_is_a_clear_error():

@@ -214,6 +214,9 @@ def test_image_folder_labels_class_names_and_pipeline(tmp_path):
     assert info["counts"] == {"skipped/empty_image": 1}
     assert [int(r["label"]) for r in read_all(out)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert shards.class_names(out, "train[:50%]") == ["cat", "dog", "eel"]
+    from jaxsup.evaluators.features import dataset_class_names  # what the zero-shot evaluator reads
+
+    assert dataset_class_names(data_config(out)) == ("cat", "dog", "eel")
     ops = ("decode", "resize_small:16", "central_crop:16", "label_to_int32", "keep:image,label")
     batch = next(pipeline.eval_batches(splits.open_split(data_config(out), "train[:5]"), preprocess.build(ops), 8,
                                        process_index=0, process_count=1))

@@ -190,6 +190,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer.write(start_step, perf)
     last: dict[str, float] = {}
     guard = NonFiniteGuard(config.nan_policy, config.max_consecutive_skips)
+    single_process = jax.process_count() == 1
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = first_batch if step == start_step + 1 else pipeline.to_global(next(batches), batch_sharding)
@@ -199,8 +200,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
             guard.add(step, step_metrics)
             is_log = step % config.log_every == 0 or step == config.total_steps
             is_eval = any(ev.every and step % ev.every == 0 for ev in config.evals.values()) or step == config.total_steps
-            preempted = distributed.any_process(ckpt.preempted)  # no device sync with one process
-            if is_log or is_eval or preempted or ckpt.should_save(step, config.total_steps):
+            is_save = ckpt.should_save(step, config.total_steps)
+            # A SIGTERM is shared between processes (a host all-gather) only at log/eval/save steps;
+            # with one process it is read every step (no sync at all).
+            preempted = (single_process or is_log or is_eval or is_save) and distributed.any_process(ckpt.preempted)
+            if is_log or is_eval or preempted or is_save:
                 guard.check(ckpt.latest_step())  # the one host sync: before anything is logged or saved
             if is_log:
                 last = {**metrics_lib.to_floats(step_metrics), **timer.lap(step), "train/skipped_steps": guard.skipped}
@@ -211,7 +215,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 writer.progress(step, {k: v for k, v in last.items() if k in ("train/loss", "perf/steps_per_s")})
             if is_eval:
                 last.update(run_evals(step))
-            if ckpt.should_save(step, config.total_steps) or preempted:
+            if is_save or preempted:
                 save(step)
             if preempted:
                 log.warning("SIGTERM: saved step %d, exiting.", step)

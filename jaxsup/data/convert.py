@@ -198,17 +198,19 @@ def run_jobs(jobs: list[Job], out_dir: str, options: Options, workers: int, prog
     done = done_summaries(out_dir, jobs)
     todo = [j for j in jobs if j.index not in done]
     bar = progress_bar(len(jobs), len(done), progress)
-    if workers <= 1:
-        for job in todo:
-            done[job.index] = write_shard(job, out_dir, options)
-            bar.update(1)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            futures = {pool.submit(write_shard, job, out_dir, options): job for job in todo}
-            for future in as_completed(futures):
-                done[futures[future].index] = future.result()
+    try:
+        if workers <= 1:
+            for job in todo:
+                done[job.index] = write_shard(job, out_dir, options)
                 bar.update(1)
-    bar.close()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = {pool.submit(write_shard, job, out_dir, options): job for job in todo}
+                for future in as_completed(futures):
+                    done[futures[future].index] = future.result()
+                    bar.update(1)
+    finally:
+        bar.close()  # before any error line
     return done
 
 

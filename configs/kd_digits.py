@@ -20,7 +20,7 @@ features and head: no [B, K] logits in the train step, as a many-class or
 vocabulary-sized head needs; distill.fused_head in jaxsup/tasks/distill.py),
 "runlocal" (20 steps).
 """
-from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+from jaxsup.config import base_config, digits_schedule, parse_switches, shrink_for_runlocal
 
 SWITCHES = ("all", "label_free", "fused_head", "runlocal")
 
@@ -33,13 +33,7 @@ def get_config(arg=None):
     c.distill.temperature = 2.0
     c.distill.alpha = 0.9
     c.data.train_split = "train" if "all" in args else "train[:5%]"
-    c.batch_size = 64
-    c.total_steps = 600
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.log_every = 50
-    c.checkpoint.every = 200
-    c.evals = dict(test=dict(type="distill", split="test", every=200, batch_size=360))
+    digits_schedule(c, batch_size=64, lr=3e-3, save_every=200)
     if "label_free" in args:
         c.distill.alpha = 1.0
         c.data.preprocess = ("image_to_float", "keep:image")

@@ -21,7 +21,7 @@ zero-shot templates ("digits_heldout") instead of the tuned prompt (ablation).
 `arg` switches: "prompt" (the CoOp stage), "supervised" (baseline: the same student CNN with a 10-way head, CE on the 72
 labels of train[:5%]), "runlocal".
 """
-from jaxsup.config import base_config, parse_switches, set_task, shrink_for_runlocal
+from jaxsup.config import base_config, digits_schedule, parse_switches, set_task, shrink_for_runlocal
 
 SWITCHES = ("prompt", "supervised", "runlocal")
 LABELLED = "train[:5%]"
@@ -37,13 +37,7 @@ def get_config(arg=None):
     c.promptkd.ctx_init = "the digit "
     c.data.preprocess = ("image_to_float", "keep:image")  # the student never sees a label
     c.data.eval_preprocess = TRAIN_OPS
-    c.batch_size = 64
-    c.total_steps = 600
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.log_every = 50
-    c.checkpoint.every = 300
-    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    digits_schedule(c, batch_size=64, lr=3e-3, save_every=300)
     if "prompt" in args:
         c.promptkd.stage = "prompt"
         c.data.train_split = LABELLED

@@ -29,7 +29,7 @@ unlabelled rows by the end, but they are the examples the student already
 gets right. With stronger student views (augment=simclr, crop_scale
 (0.4, 1), 800 steps): labels only 92.3 ± 0.9, pseudo-labels 92.5 ± 0.2.
 """
-from jaxsup.config import base_config, parse_switches
+from jaxsup.config import base_config, digits_schedule, parse_switches
 
 
 def get_config(arg=None):
@@ -44,13 +44,7 @@ def get_config(arg=None):
     c.pseudo_label.ema_decay = 0.99
     c.pseudo_label.augment = "crop"
     c.pseudo_label.crop_scale = (0.6, 1.0)
-    c.batch_size = 128
-    c.total_steps = 600
-    c.optim.lr = 1e-2
-    c.optim.warmup_steps = 50
-    c.log_every = 50
-    c.checkpoint.every = 300
-    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    digits_schedule(c, batch_size=128, lr=1e-2, save_every=300)
     if "labels_only" in args:
         c.pseudo_label.unlabelled_weight = 0.0
     if "future" in args:

@@ -18,7 +18,7 @@ the setting where a per-sample ratio can matter.
 "swapped" (the teacher's logits of classes 3<->8 and 1<->7 exchanged: confidently
 wrong on a fifth of the examples, where a per-sample ratio is visible), "runlocal".
 """
-from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+from jaxsup.config import base_config, digits_schedule, parse_switches, shrink_for_runlocal
 
 SWITCHES = ("fixed", "swapped", "runlocal")
 
@@ -32,13 +32,7 @@ def get_config(arg=None):
     c.tgeo.val_examples = 72
     c.tgeo.alpha = 0.5
     c.tgeo.temperature = 4.0
-    c.batch_size = 64
-    c.total_steps = 600
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 50
-    c.log_every = 50
-    c.checkpoint.every = 300
-    c.evals = dict(test=dict(type="distill", split="test", every=300, batch_size=360))
+    digits_schedule(c, batch_size=64, lr=3e-3, save_every=300)
     if "fixed" in args:
         c.tgeo.mode = "fixed"
     if "swapped" in args:

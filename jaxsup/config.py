@@ -123,8 +123,8 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.data = ConfigDict()
     c.data.name = "digits"  # a local registered dataset or a TFDS name
     c.data.data_dir = ""  # TFDS root; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.train_split = "train"
     c.data.path = ""  # a dataset written by `python -m jaxsup.data.convert` (read instead of the TFDS name)
+    c.data.train_split = "train"
     c.data.batch_guide = ""  # .npz of pseudo-classes: no two of one class in a batch (data/guided_batches.py)
     c.data.preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.data.eval_preprocess = ()  # () -> same as preprocess
@@ -254,6 +254,20 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None) -> ConfigDic
     config = _load(path, arg)
     config.lock()
     return apply_overrides(config, overrides or {})
+
+
+def digits_schedule(config: ConfigDict, *, batch_size: int, lr: float, save_every: int, steps: int = 600,
+                    eval_type: str = "distill") -> ConfigDict:
+    """The short digits runs' schedule: `steps` steps (50 warmup), a log line every 50, a
+    checkpoint and an `eval_type` evaluation of the 360 test digits every `save_every` steps."""
+    config.batch_size = batch_size
+    config.total_steps = steps
+    config.optim.lr = lr
+    config.optim.warmup_steps = 50
+    config.log_every = 50
+    config.checkpoint.every = save_every
+    config.evals = dict(test=dict(type=eval_type, split="test", every=save_every, batch_size=360))
+    return config
 
 
 def shrink_for_runlocal(config: ConfigDict, steps: int = 20) -> ConfigDict:

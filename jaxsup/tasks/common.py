@@ -178,6 +178,14 @@ class FrozenModel:
         self.num_outputs = int(logits.shape[-1])
         self.feature_dim = int(out["pre_logits"].shape[-1]) if "pre_logits" in out else None
 
+    def check_classes(self, num_classes: int, student: str) -> None:
+        """ConfigError unless the teacher's class count equals the student's `num_classes`."""
+        if num_classes != self.num_outputs:
+            raise ConfigError(
+                f"Teacher {self.model_name!r} outputs {self.num_outputs} classes but the student {student!r} "
+                f"outputs {num_classes}: teacher and student class counts must agree ({self.what}.model vs "
+                "config.model num_classes).")
+
     def shardings(self, mesh: Mesh) -> dict[str, Any]:
         tree = {"params": self.abstract_params, "model_state": self.abstract_state}
         return sharding.tree_shardings(tree, self.rules, mesh)

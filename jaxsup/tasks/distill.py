@@ -122,12 +122,7 @@ class Distill(Task):
         self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
         (s_logits, s_out), s_params, _ = abstract_init(self.student, images)
         num_classes = int(s_logits.shape[-1])
-        if num_classes != self.teacher.num_outputs:
-            raise ConfigError(
-                f"Teacher {self.teacher.model_name!r} outputs {self.teacher.num_outputs} classes but the "
-                f"student {config.model_name!r} outputs {num_classes}: teacher and student class counts "
-                "must agree (distill.teacher.model vs config.model num_classes)."
-            )
+        self.teacher.check_classes(num_classes, config.model_name)
         self.num_classes = num_classes
         self.fused = bool(cfg.fused_head)
         if self.fused:

@@ -97,9 +97,7 @@ class TGeoKD(Task):
         self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules, what="tgeo.teacher")
         (logits, _), _, student_state = abstract_init(self.student, images)
         self.num_classes = int(logits.shape[-1])
-        if self.num_classes != self.teacher.num_outputs:
-            raise ConfigError(f"tgeo: the teacher outputs {self.teacher.num_outputs} classes, the student "
-                              f"{self.num_classes}.")
+        self.teacher.check_classes(self.num_classes, config.model_name)
         if student_state:
             raise ConfigError(f"tgeo_kd needs a student without mutable state; {config.model_name!r} has "
                               f"{sorted(student_state)} (the virtual step of the bilevel update cannot carry it).")

@@ -155,7 +155,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         workdir_lib.write_config(config.to_json_best_effort(indent=2), workdir)
 
     # ------------------------------------------------------------ jitted step
-    batches = pipeline.train_iterator(train_data, start_step, prefetch=config.data.prefetch)
+    batches = pipeline.train_iterator(train_data, start_step, **pipeline.loader_options(config.data))
     first_batch = pipeline.to_global(next(batches), batch_sharding) if start_step < config.total_steps else None
     compile_start = time.perf_counter()
     train_step = setup.step_fn.lower(state, frozen, first_batch or example_global(example, batch_sharding, config)).compile()

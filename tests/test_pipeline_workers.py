@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT, read_metrics, restored_params, run_cli, train_losses
+from helpers import ROOT, read_metrics, restored_params, run_cli, tiny_supervised_config, train_losses
 from jaxsup.data import batching, pipeline, preprocess, sources
 
 JPEG_OPS = ("decode", "inception_crop:size=24,scale_min=0.3", "flip_lr", "randaugment:num_layers=1,magnitude=5",
@@ -101,7 +101,7 @@ def test_uint8_images_go_to_the_devices_as_uint8_and_become_unit_floats():
 
 
 def test_kill_and_resume_with_random_host_ops_on_worker_threads_is_bitwise_exact(tmp_path):
-    """SIGTERM mid-run + resume == a straight run, with per-example random host ops on 2 threads."""
+    """SIGTERM mid-run + resume on 2 worker threads == a straight run on 1, with per-example random host ops."""
     steps = 60
     ops = ("inception_crop:size=8,channels=1,scale_min=0.5", "flip_lr", "image_to_float", "label_to_int32",
            "keep:image,label")
@@ -110,8 +110,9 @@ def test_kill_and_resume_with_random_host_ops_on_worker_threads_is_bitwise_exact
                  "--config.mesh=(('data', 1),)", f"--config.data.preprocess={ops!r}"]
     config = os.path.join(ROOT, "configs/supervised_digits.py")
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    threads = {resumed: "--config.data.workers=2", straight: "--config.data.workers=1"}
     proc = subprocess.Popen([sys.executable, "-m", "jaxsup.train", "--config", config, "--workdir", resumed,
-                             *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *overrides, threads[resumed]], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     metrics = os.path.join(resumed, "metrics.jsonl")
     while not (os.path.exists(metrics) and any(r.get("step", 0) >= 10 for r in read_metrics(resumed))):
@@ -122,7 +123,17 @@ def test_kill_and_resume_with_random_host_ops_on_worker_threads_is_bitwise_exact
     stopped = max(r["step"] for r in read_metrics(resumed))
     assert stopped < steps, "the run finished before it was killed"
     for workdir in (resumed, straight):
-        result = run_cli("--config", config, "--workdir", workdir, *overrides)
+        result = run_cli("--config", config, "--workdir", workdir, *overrides, threads[workdir])
         assert result.returncode == 0, result.stderr[-2000:]
     jax.tree.map(np.testing.assert_array_equal, restored_params(straight), restored_params(resumed))
     assert train_losses(straight)[steps] == train_losses(resumed)[steps]
+
+
+def test_the_train_loop_reads_the_worker_settings(tmp_path):
+    """config.data.workers / worker_processes reach the train iterator (a bad value is one ConfigError)."""
+    from jaxsup import train
+    from jaxsup.errors import ConfigError
+
+    config = tiny_supervised_config(total_steps=2, **{"data.workers": 0})
+    with pytest.raises(ConfigError, match=r"config.data.workers=0 must be >= 1"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))

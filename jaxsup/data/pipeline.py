@@ -127,8 +127,8 @@ def train_iterator(
     The batches are the same whatever the workers.
     """
     if workers < 1 or processes < 0 or prefetch < 1:
-        raise ConfigError(f"config.data: workers={workers} must be >= 1, processes={processes} >= 0, "
-                          f"prefetch={prefetch} >= 1.")
+        raise ConfigError(f"config.data.workers={workers} must be >= 1, config.data.worker_processes={processes} "
+                          f">= 0 and config.data.prefetch={prefetch} >= 1.")
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     mine = dataset[start_step * pc + pi :: pc]

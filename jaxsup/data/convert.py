@@ -33,6 +33,7 @@ import dataclasses
 import glob
 import io
 import json
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -204,7 +205,8 @@ def run_jobs(jobs: list[Job], out_dir: str, options: Options, workers: int, prog
                 done[job.index] = write_shard(job, out_dir, options)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            # spawn, not fork: a caller that has JAX (or any threads) loaded must not be forked.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(write_shard, job, out_dir, options): job for job in todo}
                 for future in as_completed(futures):
                     done[futures[future].index] = future.result()

@@ -7,7 +7,8 @@
 Variants: "reference" (naive: `h @ W` [N, V] then KD, XLA's autodiff),
 "rows" (impl="chunked", chunking="rows": row chunks, three GEMMs), "vocab"
 (chunking="vocab": V tiles, four GEMMs), "auto" (the chunking `api` picks per
-shape) and "pallas" (skipped with the reason where its kernels cannot run).
+shape), "pallas" (skipped with the reason where its kernels cannot run) and
+"gemms" (no loss: just the three GEMMs, the floor any exact path pays).
 
 `--time N,H,V,dtype` cases (repeatable): every variant is compiled
 (`jit(value_and_grad)` w.r.t. h_s and W_s, teacher logits [N, V]) and run once
@@ -39,6 +40,7 @@ VARIANTS = {
     "vocab": dict(impl="chunked", chunking="vocab"),
     "auto": dict(impl="chunked", chunking="auto"),
     "pallas": dict(impl="pallas"),
+    "gemms": None,  # the floor: only h @ W, dz @ W^T and h^T @ dz, the three GEMMs every exact path does
 }
 DEFAULT_TIME = ("2048,1024,32768,float32", "1024,1024,32768,bfloat16")
 DEFAULT_MEMORY = ("8192,1024,131072,float32",)
@@ -52,7 +54,10 @@ def parse_case(text: str) -> tuple[int, int, int, str]:
 
 
 def make_step(variant: str, kind: str):
-    """Jitted value_and_grad of the loss w.r.t. (h_s, W_s); teacher logits [N, V]."""
+    """Jitted value_and_grad of the loss w.r.t. (h_s, W_s); teacher logits [N, V] ("gemms": the three GEMMs)."""
+    if variant == "gemms":
+        return jax.jit(lambda h_s, w_s, z: (h_s @ w_s, z @ w_s.T, h_s.T @ z))
+
     def loss(h_s, w_s, teacher):
         return fused_linear_kd(h_s, w_s, teacher, 2.0, kind=kind, **VARIANTS[variant])
 
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--time", nargs="+", default=list(DEFAULT_TIME), help="N,H,V,dtype (timed)")
     parser.add_argument("--memory", nargs="+", default=list(DEFAULT_MEMORY),
                         help="N,H,V,dtype (compile only); 'none' for no memory case")
-    parser.add_argument("--variants", default="reference,rows,vocab,pallas")
+    parser.add_argument("--variants", default="reference,rows,vocab,pallas,gemms")
     parser.add_argument("--kind", default="kl", choices=["kl", "rkl", "jsd"])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the report here")

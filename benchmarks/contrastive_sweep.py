@@ -18,7 +18,6 @@ the largest B that ran.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contrastive_loss as bench  # noqa: E402  (a sibling script, not a package)
+from bench_io import write_report  # noqa: E402
 
 
 def is_oom(err: Exception) -> bool:
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     report = sweep(args)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ see README ("Fused linear KD") and the issue 17 notes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsup.losses.fused_linear_kd import fused_linear_kd
+from bench_io import write_report  # a sibling module
 
 VARIANTS = {
     "reference": dict(impl="reference"),
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     memory = [] if args.memory == ["none"] else args.memory
     time_cases = [] if args.time == ["none"] else args.time
     report = run(time_cases, memory, args.variants.split(","), args.kind, args.iters)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import re
 import statistics
 import time
@@ -54,6 +53,7 @@ from jaxsup.config import load_config
 from jaxsup.data import batching, pipeline, preprocess, splits
 from jaxsup.experiment import build_experiment
 from jaxsup.step import TrainState
+from bench_io import write_report  # a sibling module
 
 IMPLS = ("reference", "chunked", "pallas")
 
@@ -224,10 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"config": args.config, "batch": args.batch, "backend": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "peak_flops": peak,
               "base": ref, "variants": rows}
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

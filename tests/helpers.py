@@ -29,6 +29,19 @@ def tiny_supervised_config(**overrides):
     return apply_overrides(c, overrides)
 
 
+def few_steps(c, steps: int = 3, batch_size: int = 32):
+    """A config cut to `steps` logged steps on one device, no checkpoints, evaluators only at the end."""
+    c.batch_size = batch_size
+    c.total_steps = steps
+    c.log_every = 1
+    c.checkpoint.every = 0
+    c.checkpoint.async_save = False
+    c.mesh = (("data", 1),)
+    for ev in c.evals.values():
+        ev.every = 0
+    return c
+
+
 def apply_overrides(config, overrides: dict):
     """Sets dotted keys ("optim.lr") on a (locked) ConfigDict; returns it."""
     for key, value in overrides.items():

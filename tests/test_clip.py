@@ -14,7 +14,7 @@ from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
 
-from helpers import apply_overrides, ROOT
+from helpers import ROOT, apply_overrides, few_steps
 
 BATCH = 16
 
@@ -25,15 +25,8 @@ def tiny_clip_config(spec="configs/clip_digits.py:runlocal", **overrides):
     c.model.image_kwargs = dict(widths=(16,), num_classes=None)
     c.model.text_kwargs.update(width=32, depth=1, num_heads=2, mlp_dim=32)
     c.model.embed_dim = 16
-    c.batch_size = 32
-    c.total_steps = 3
-    c.log_every = 1
-    c.checkpoint.every = 0
-    c.checkpoint.async_save = False
-    c.mesh = (("data", 1),)
+    few_steps(c)
     c.evals = {k: v for k, v in c.evals.items() if k in ("zero_shot", "retrieval")}
-    for ev in c.evals.values():
-        ev.every = 0
     return apply_overrides(c, overrides)
 
 

@@ -14,7 +14,7 @@ from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.train import train_and_evaluate
 
-from helpers import apply_overrides, ROOT
+from helpers import ROOT, apply_overrides, few_steps
 from test_clip import assert_leaves_close
 
 
@@ -47,14 +47,7 @@ def tiny_simclr_config(**overrides):
     c.model_name = "cnn"
     c.model = dict(widths=(8,), num_classes=None)
     c.simclr.head = dict(num_layers=2, hidden_dim=16, output_dim=8, use_bn=True)
-    c.batch_size = 32
-    c.total_steps = 3
-    c.log_every = 1
-    c.checkpoint.every = 0
-    c.checkpoint.async_save = False
-    c.mesh = (("data", 1),)
-    for ev in c.evals.values():
-        ev.every = 0
+    few_steps(c)
     c.evals.linear_probe.steps = 50
     return apply_overrides(c, overrides)
 

@@ -119,3 +119,15 @@ def test_progress_line_shows_elapsed_and_eta(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["step 10/100 loss=1.5 elapsed=1s eta=?", "step 20/100 loss=1.5 elapsed=11s eta=1m20s",
                      "step 30/100 loss=1.5 elapsed=21s eta=1m10s"]
+
+
+def test_a_failing_picture_does_not_fail_a_finished_run(tmp_path, monkeypatch):
+    from helpers import tiny_supervised_config
+    from jaxsup import plot, train
+
+    def broken(workdir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot, "write_run_plot", broken)
+    last = train.train_and_evaluate(tiny_supervised_config(total_steps=2), str(tmp_path / "run"))
+    assert "train/loss" in last and (tmp_path / "run" / "config.json").exists()

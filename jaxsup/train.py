@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxsup import checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
+from jaxsup import config_ranges, checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
 from jaxsup.data import guided_batches, pipeline, preprocess, splits
 from jaxsup.errors import ConfigError, NonFiniteError
 
@@ -87,7 +87,8 @@ class NonFiniteGuard:
 
 
 def check_run_options(config) -> None:
-    """ConfigError for a bad nan policy or skip cap (before anything is built or written)."""
+    """ConfigError for a bad nan policy or a value outside its declared range (before anything is built or written)."""
+    config_ranges.check_ranges(config)
     if config.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
     if int(config.max_consecutive_skips) < 0:

@@ -14,7 +14,7 @@ LAYERS = {
     "pallas_kernels": 0,
     "jaxsup.__init__": 0,  # the empty package module
     "jaxsup.errors": 1,
-    "jaxsup.registry": 2, "jaxsup.config": 2, "jaxsup.sharding_rules": 2,
+    "jaxsup.registry": 2, "jaxsup.config": 2, "jaxsup.config_ranges": 2, "jaxsup.sharding_rules": 2,
     "jaxsup.sharding": 3, "jaxsup.microbatch": 3, "jaxsup.distributed": 3, "jaxsup.metrics": 3, "jaxsup.workdir": 3,
     "jaxsup.plot": 3,  # reads metrics.jsonl only; the run (train) and its CLI both use it
     "jaxsup.optim": 4, "jaxsup.checkpoint": 4,

@@ -1,0 +1,61 @@
+"""Declared value ranges: every bad numeric value is one ConfigError naming key, value and range."""
+import glob
+import math
+import os
+
+import pytest
+
+from jaxsup import config_ranges
+from jaxsup.config import load_config
+from jaxsup.errors import ConfigError
+
+from helpers import ROOT, run_cli
+
+CONFIG = os.path.join(ROOT, "configs/supervised_digits.py")
+
+BAD_VALUES = [
+    ("batch_size", -8), ("batch_size", 0), ("total_steps", -5), ("optim.lr", math.inf),
+    ("optim.lr", math.nan), ("log_every", 0), ("model.widths", (0, 64)), ("optim.warmup_steps", -10),
+    ("optim.b2", 1.0), ("checkpoint.keep", 0),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_bad_value_names_key_value_and_range(key, value):
+    config = load_config(CONFIG + ":runlocal", {key: value})
+    with pytest.raises(ConfigError) as err:
+        config_ranges.check_ranges(config)
+    message = str(err.value)
+    shown = f"{key}[0]" if key == "model.widths" else key
+    assert f"config.{shown}=" in message and "expected" in message
+    assert repr(value[0] if key == "model.widths" else value) in message
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_shipped_config_is_in_range(path):
+    config_ranges.check_ranges(load_config(path))
+
+
+def test_range_semantics():
+    assert config_ranges.POSITIVE_INT.holds(1) and not config_ranges.POSITIVE_INT.holds(0)
+    assert not config_ranges.POSITIVE_INT.holds(True)  # a bool is not a count
+    assert config_ranges.OPEN_FRACTION.holds(0.0) and not config_ranges.OPEN_FRACTION.holds(1.0)
+    assert not config_ranges.POSITIVE.holds(0.0) and config_ranges.POSITIVE.holds(1e-9)
+    assert str(config_ranges.OPEN_FRACTION) == "a finite number in [0, 1)"
+
+
+def test_wildcards_reach_every_section():
+    config = load_config(os.path.join(ROOT, "configs/kd_digits.py"), {"distill.temperature": 0.0})
+    with pytest.raises(ConfigError, match=r"config\.distill\.temperature=0\.0"):
+        config_ranges.check_ranges(config)
+
+
+def test_cli_refuses_bad_value_and_creates_nothing(tmp_path):
+    workdir = tmp_path / "new_run"
+    result = run_cli("--config", CONFIG + ":runlocal", "--workdir", str(workdir), "--config.batch_size=-8",
+                     "--config.model.widths=(0,64)")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("jaxsup: error:")]
+    assert lines == ["jaxsup: error: ConfigError: config.batch_size=-8 (--config.batch_size): "
+                     "expected an integer in [1, inf]."]
+    assert not workdir.exists()

@@ -1,26 +1,36 @@
 # Two commands on a fresh machine:
-#   make run    create .venv if missing, install, run the default experiment
-#   make test   create .venv if missing, install, run the test suite
+#   make run    create .venv if missing, install the default deps + [tb,plot], run the default experiment
+#   make test   create .venv if missing, install [test] (+ EXTRAS), run the test suite
+# CI (.ci/run) runs `make test EXTRAS=interop`: the open_clip / PyTorch equivalence tests need it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/supervised_digits
 PYTEST_ARGS ?=
+EXTRAS ?=
+comma := ,
+RUN_EXTRAS := tb,plot
+TEST_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
 
-.PHONY: run test install clean
+.PHONY: run test install install-test clean
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,tb,plot,interop]"
+
+# One stamp per extras set: `make run` never pulls the test or interop extras.
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[$*]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(RUN_EXTRAS)
+
+install-test: $(VENV)/.installed-$(TEST_EXTRAS)
 
 run: install
 	$(PY) -m jaxsup.train --config configs/supervised_digits.py --workdir $(WORKDIR)
 
-test: install
+test: install-test
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 clean:

@@ -245,7 +245,16 @@ def main(argv) -> None:
     cli.setup_logging()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout,
                            FLAGS.heartbeat_timeout)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    last = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(summary_line(FLAGS.workdir, last), flush=True)
+
+
+def summary_line(workdir: str, last: dict[str, float]) -> str:
+    """The run's last line: its workdir and the eval metrics it ended with (train/perf left out)."""
+    evals = {k: v for k, v in sorted(last.items()) if not k.startswith(("train/", "perf/"))}
+    shown = " ".join(f"{k}={v:.4g}" for k, v in evals.items()) or "no eval metrics"
+    return f"jaxsup: done: workdir={workdir} {shown}"
 
 
 if __name__ == "__main__":

@@ -140,7 +140,10 @@ def test_sigterm_saves_and_resume_is_bitwise_exact(tmp_path):
     stopped_at = checkpoint.Checkpointer(resumed, every=1000).latest_step()
     assert 20 <= stopped_at < steps, stopped_at
     assert run_cli("--config", config, "--workdir", resumed, *overrides).returncode == 0
-    assert run_cli("--config", config, "--workdir", straight, *overrides).returncode == 0
+    finished = run_cli("--config", config, "--workdir", straight, *overrides)
+    assert finished.returncode == 0
+    last_line = finished.stdout.strip().splitlines()[-1]
+    assert last_line.startswith(f"jaxsup: done: workdir={straight} test/") and "test/top1=" in last_line, last_line
     a, b = restored_params(straight), restored_params(resumed)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
     assert train_losses(straight)[steps] == train_losses(resumed)[steps]

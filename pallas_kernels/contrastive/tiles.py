@@ -82,7 +82,8 @@ def merge_tile(
     the earlier maximum, as `jnp.argmax` does on the full matrix.
     """
     tile_max = jnp.max(s, axis=axis)
-    tile_arg = jnp.argmax(s, axis=axis).astype(jnp.int32) + index_offset
+    # int32 after the offset too: under jax_enable_x64 an offset from arange is int64 (scan carries stay int32).
+    tile_arg = (jnp.argmax(s, axis=axis) + index_offset).astype(jnp.int32)
     new_max = jnp.maximum(stats.max, tile_max)
     argmax = jnp.where(tile_max > stats.max, tile_arg, stats.argmax)
     sumexp = stats.sumexp
@@ -100,7 +101,7 @@ def merge_lse(stats: MaxStats, block: MaxStats, block_lse: jax.Array) -> MaxStat
     new_max = jnp.maximum(stats.max, block.max)
     shift = _finite_or_zero(new_max)
     sumexp = stats.sumexp * jnp.exp(stats.max - shift) + jnp.exp(block_lse - shift)
-    argmax = jnp.where(block.max > stats.max, block.argmax, stats.argmax)
+    argmax = jnp.where(block.max > stats.max, block.argmax, stats.argmax).astype(jnp.int32)
     return MaxStats(new_max, sumexp, argmax)
 
 

@@ -50,12 +50,14 @@ class _Geometry(NamedTuple):
     n_q: int
     n_k: int
     has_diag: bool
+    pos_offsets: tuple[int, ...]  # backward only: cells `col - row == o` are positives (see row_grad)
     precision: lax.Precision
     lanes: int
     grid_driver: bool
 
 
-def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool) -> _Geometry:
+def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool,
+              pos_offsets: tuple[int, ...] = ()) -> _Geometry:
     if zq.shape[0] % cfg.block_q or zk.shape[0] % cfg.block_k:
         raise ValueError(f"padded rows {zq.shape[0]}, {zk.shape[0]} do not fit blocks {cfg}")
     exact = zq.dtype == jnp.float32 or zk.dtype == jnp.float32
@@ -66,10 +68,30 @@ def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool) -> 
         n_q=n_q,
         n_k=n_k,
         has_diag=has_diag,
+        pos_offsets=tuple(int(o) for o in pos_offsets),
         precision=lax.Precision.HIGHEST if exact else lax.Precision.DEFAULT,
         lanes=cfg.vec_lanes,
         grid_driver=cfg.driver == "grid",
     )
+
+
+def _cell_ids(q_block, k_block, geo: _Geometry) -> tuple[jax.Array, jax.Array]:
+    """Global (row [bq, 1|bk], col [1|bq, bk]) indices of one tile's cells."""
+    shape = (geo.block_q, geo.block_k)
+    if geo.grid_driver:  # Mosaic wants full-shape iotas.
+        rows = lax.broadcasted_iota(jnp.int32, shape, 0)
+        cols = lax.broadcasted_iota(jnp.int32, shape, 1)
+    else:  # Triton lowers 1-D aranges broadcast to 2-D.
+        rows = jnp.arange(geo.block_q, dtype=jnp.int32)[:, None]
+        cols = jnp.arange(geo.block_k, dtype=jnp.int32)[None, :]
+    return rows + q_block * geo.block_q, cols + k_block * geo.block_k
+
+
+def _positive_cells(q_block, k_block, geo: _Geometry) -> jax.Array:
+    """[bq, bk] bool: the cells `col - row` in geo.pos_offsets."""
+    rows, cols = _cell_ids(q_block, k_block, geo)
+    hit = functools.reduce(jnp.logical_or, [cols - rows == o for o in geo.pos_offsets])
+    return jnp.broadcast_to(hit, (geo.block_q, geo.block_k))
 
 
 def _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo: _Geometry):
@@ -78,15 +100,7 @@ def _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo: _Geometry):
         zq, zk, _NT_DIMS, precision=geo.precision, preferred_element_type=jnp.float32
     )
     logits = scale * dots + bias
-    shape = (geo.block_q, geo.block_k)
-    if geo.grid_driver:  # Mosaic wants full-shape iotas.
-        rows = lax.broadcasted_iota(jnp.int32, shape, 0)
-        cols = lax.broadcasted_iota(jnp.int32, shape, 1)
-    else:  # Triton lowers 1-D aranges broadcast to 2-D.
-        rows = jnp.arange(geo.block_q, dtype=jnp.int32)[:, None]
-        cols = jnp.arange(geo.block_k, dtype=jnp.int32)[None, :]
-    rows = rows + q_block * geo.block_q
-    cols = cols + k_block * geo.block_k
+    rows, cols = _cell_ids(q_block, k_block, geo)
     valid = jnp.logical_and(rows < geo.n_q, cols < geo.n_k)
     diag = (cols - rows == offset) if geo.has_diag else None
     return logits, valid, diag
@@ -162,6 +176,9 @@ def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
     def step(k_block, carry, zk, k_vecs):
         logits, valid, diag = _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo)
         weight = tiles.bwd_weight(logits, valid, diag, q_vecs, k_vecs)
+        if geo.pos_offsets:  # in f32, before the cast: p - 1 survives where p ~ 1
+            positive = jnp.logical_and(valid, _positive_cells(q_block, k_block, geo))
+            weight = tiles.minus_positives(weight, positive, q_vecs, k_vecs)
         dz = carry[0] + lax.dot_general(
             weight.astype(zk.dtype), zk, _NN_DIMS,
             precision=geo.precision, preferred_element_type=jnp.float32,
@@ -268,11 +285,15 @@ def _zk_spec(cfg: KernelConfig, geo: _Geometry, zk_shape) -> pl.BlockSpec:
 
 
 def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, *,
-             n_q: int, n_k: int, has_diag: bool) -> tuple[jax.Array, jax.Array | None]:
+             n_q: int, n_k: int, has_diag: bool,
+             pos_offsets: Sequence[int] = ()) -> tuple[jax.Array, jax.Array | None]:
     """Backward: `dzq = scale * W zk` with W = tiles.bwd_weight per tile.
 
     Args:
       zq, zk, scalars, offset, n_q, n_k, has_diag: as in `row_reduce`.
+      pos_offsets: static; cells `col - row == o` (o in pos_offsets) hold the
+        positives of a whole loss (`-(g_q[i] + g_k[j]) * S_ij`): their weight is
+        subtracted in the f32 tile before it is cast to zk's dtype for the matmul.
       q_vecs: `tiles.n_vecs` arrays [Rq, W] (per-row inputs, lane-replicated).
       k_vecs: `tiles.n_vecs` arrays [H, Rk] (per-column inputs, H = cfg.vec_sublanes).
     Returns:
@@ -282,7 +303,7 @@ def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, 
     _check_operands(zq, zk, scalars, offset)
     if len(q_vecs) != tiles.n_vecs or len(k_vecs) != tiles.n_vecs:
         raise ValueError(f"expected {tiles.n_vecs} row and column vectors")
-    geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag)
+    geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag, tuple(pos_offsets))
     specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     rows, dp, width = zq.shape[0], zq.shape[1], geo.lanes
     out_specs = [specs.rows(dp)]

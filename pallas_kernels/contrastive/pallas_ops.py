@@ -65,10 +65,12 @@ are shrunk to it.
 Precision: f32 inputs use HIGHEST-precision dots (IEEE f32 on GPU, no TF32),
 so results match the f32 reference; bf16 inputs use bf16 MXU/tensor-core dots
 with f32 accumulation, and the backward casts its f32 tile weights to bf16
-before the second matmul. The whole losses add the positives' gradient to the
-kernel's in f32 before one cast to the input dtype (`primitives.clip_loss`,
-`primitives.nt_xent_loss`); the positives read the same rounded values as the
-kernels (`common.stored_f32`), also for bf16 produced inside the same jit.
+before the second matmul. The whole losses (`primitives.clip_loss`,
+`primitives.nt_xent_loss`) subtract the positives' weight inside the f32 tile,
+before that cast, so a confident row's p - 1 is formed in f32 (rounding p ~ 1 to
+bf16 first lost it: 18-21x the gradient's size at CLIP loss 1e-4;
+tests/test_contrastive_confident_bf16.py). The ring's Pallas blocks still add
+their positives outside the kernel.
 """
 from __future__ import annotations
 

@@ -12,10 +12,11 @@ produce embedding gradients (and, for the sigmoid bias, per-row sums of W).
   clip_loss:     (zimg, ztxt, log_t) -> CLIP loss, positives included
   nt_xent_loss:  (z1, z2, tau) -> NT-Xent loss, positives included
 
-The two whole losses add the positives' gradient to the kernel's in f32 and cast
-once to the input dtype (added after two bf16 roundings, the cancellation between
-softmax and target is lost: 3.9 % of the largest entry at a CLIP loss of 0.12).
-Positives use `stored_f32`, the values the kernels read.
+The two whole losses' backward subtracts the positives' weight (g_row + g_col on
+the positive cells) inside the kernel's f32 tiles, before the tile is cast for the
+matmul, and casts the result once to the input dtype: `p - 1` is formed in f32, so
+a confident row keeps its gradient. The forward's positives use `stored_f32`, the
+values the kernels read.
 """
 from __future__ import annotations
 
@@ -87,9 +88,10 @@ def softmax_pair_forward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offse
 
 
 def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offset,
-                          row_lse, col_lse, g_row, g_col, f32: bool = False):
+                          row_lse, col_lse, g_row, g_col, f32: bool = False, with_positives: bool = False):
     """Gradients of `sum g_row * row_lse + sum g_col * col_lse` -> (dzq, dzk, dlog_t),
-    dzq / dzk in the inputs' dtype (f32 when `f32`).
+    dzq / dzk in the inputs' dtype (f32 when `f32`). `with_positives` adds the
+    term `-sum_i (g_row[i] + g_col[i]) S_ii` (CLIP's positives), inside the f32 tiles.
 
     `row_lse` / `col_lse` must be the LSEs the cotangents refer to: a block's
     own, or the final ones after combining blocks (see pallas_ops.py, "Ring use").
@@ -99,12 +101,11 @@ def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offs
     r_q, r_k = zq_p.shape[0], zk_p.shape[0]
     q_side = [_row_vec(row_lse, r_q, cfg), _row_vec(g_row, r_q, cfg)]
     k_side = [_col_vec(col_lse, r_k, cfg), _col_vec(g_col, r_k, cfg)]
-    dzq, _ = row_grad(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, q_side, k_side,
-                      n_q=n_q, n_k=n_k, has_diag=has_diag)
+    kw = dict(has_diag=has_diag, pos_offsets=(0,) if with_positives else ())
+    dzq, _ = row_grad(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, q_side, k_side, n_q=n_q, n_k=n_k, **kw)
     q_side = [_row_vec(col_lse, r_k, cfg), _row_vec(g_col, r_k, cfg)]
     k_side = [_col_vec(row_lse, r_q, cfg), _col_vec(g_row, r_q, cfg)]
-    dzk, _ = row_grad(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, q_side, k_side,
-                      n_q=n_k, n_k=n_q, has_diag=has_diag)
+    dzk, _ = row_grad(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, q_side, k_side, n_q=n_k, n_k=n_q, **kw)
     return _unpad(dzq, zq, f32), _unpad(dzk, zk, f32), _log_t_grad(zq_p, dzq)
 
 
@@ -157,15 +158,18 @@ def _symmetric_fwd(cfg, z, log_t):
     return row, (z, log_t, row)
 
 
-def _symmetric_backward(cfg: KernelConfig, z, log_t, row, g, f32: bool = False):
-    """(dz, dlog_t f32) of `sum g * row` for symmetric_lse's rows; dz as in `_unpad`."""
+def _symmetric_backward(cfg: KernelConfig, z, log_t, row, g, f32: bool = False, pos_offsets=()):
+    """(dz, dlog_t f32) of `sum g * row` for symmetric_lse's rows; dz as in `_unpad`.
+
+    `pos_offsets` (static) adds `-sum (g_i + g_j) S_ij` over the cells `j - i` in it
+    (NT-Xent's positives at +-N), inside the f32 tiles."""
     z_p = _pad(z, cfg)
     r = z_p.shape[0]
     dz, _ = row_grad(
         tiles_lib.SOFTMAX, cfg, z_p, z_p, _scalars(log_t), _offset(jnp.zeros(())),
         [_row_vec(row, r, cfg), _row_vec(g, r, cfg)],
         [_col_vec(row, r, cfg), _col_vec(g, r, cfg)],
-        n_q=z.shape[0], n_k=z.shape[0], has_diag=True,
+        n_q=z.shape[0], n_k=z.shape[0], has_diag=True, pos_offsets=pos_offsets,
     )
     # sum_ij (dS + dS^T)_ij S_ij = 2 sum dS * S.
     return _unpad(dz, z, f32), 0.5 * _log_t_grad(z_p, dz)
@@ -252,12 +256,9 @@ def _clip_bwd(cfg, residuals, g):
     zimg, ztxt, log_t, row, col = residuals
     n = zimg.shape[0]
     w = jnp.full((n,), 0.5 * g / n, jnp.float32)
+    # d loss / d pos_i = -g / n = -(w_i + w_i): the kernel subtracts it on the diagonal in f32.
     dzi, dzt, dlog_t = softmax_pair_backward(cfg, False, zimg, ztxt, log_t, jnp.zeros((), jnp.int32),
-                                             row, col, w, w, f32=True)
-    a, c, scale = stored_f32(zimg), stored_f32(ztxt), jnp.exp(log_t).astype(jnp.float32)
-    g_pos = g / n  # d loss / d pos_i = -g / n
-    dzi, dzt = dzi - g_pos * scale * c, dzt - g_pos * scale * a
-    dlog_t = dlog_t - g_pos * scale * jnp.sum(a * c)
+                                             row, col, w, w, f32=True, with_positives=True)
     return dzi.astype(zimg.dtype), dzt.astype(ztxt.dtype), dlog_t.astype(log_t.dtype)
 
 
@@ -280,12 +281,12 @@ def _nt_xent_bwd(cfg, residuals, g):
     z1, z2, tau, lse = residuals
     n, inv_tau = z1.shape[0], 1.0 / tau.astype(jnp.float32)
     z = jnp.concatenate([z1, z2])
-    dz, dlog_t = _symmetric_backward(cfg, z, -jnp.log(tau), lse, jnp.full((2 * n,), g / (2 * n)), f32=True)
-    a, c = stored_f32(z1), stored_f32(z2)
-    g_pos = g / n  # d loss / d pos_i = -g / n
-    dz1, dz2 = dz[:n] - g_pos * inv_tau * c, dz[n:] - g_pos * inv_tau * a
-    # log_t = -log(tau); pos_i = dot_i / tau.
-    dtau = -dlog_t * inv_tau + g_pos * jnp.sum(a * c) * inv_tau**2
+    # d loss / d pos_i = -g / n = -(g_i + g_{i+n}) with g_i = g / 2n: the kernel subtracts it
+    # at the cells (i, i + n) and (i + n, i) of (dS + dS^T), in f32.
+    dz, dlog_t = _symmetric_backward(cfg, z, -jnp.log(tau), lse, jnp.full((2 * n,), g / (2 * n)), f32=True,
+                                     pos_offsets=(n, -n))
+    dz1, dz2 = dz[:n], dz[n:]
+    dtau = -dlog_t * inv_tau  # log_t = -log(tau)
     return dz1.astype(z1.dtype), dz2.astype(z2.dtype), dtau.astype(tau.dtype)
 
 

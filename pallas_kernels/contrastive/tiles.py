@@ -173,6 +173,12 @@ class _SoftmaxTiles:
         weight = widen(g_q, width) * p_row + g_k * p_col
         return jnp.where(cls._mask(valid, diag), weight, 0.0)
 
+    @staticmethod
+    def minus_positives(weight, positive, q_vecs, k_vecs):
+        """weight - (g_q[i] + g_k[j]) on the positive cells: the gradient of `-(g_q + g_k) S_ii`."""
+        (_, g_q), (_, g_k) = q_vecs, k_vecs
+        return weight - jnp.where(positive, widen(g_q, weight.shape[1]) + g_k, 0.0)
+
 
 class _SigmoidTiles:
     """Row sums of `softplus(-y * logits)`, y = +1 on diag, -1 elsewhere.

@@ -181,19 +181,22 @@ def _softmax_nll_bwd(blocks, mode, sweep, res, g):
     with_cols = mode == "clip"
     row_offset = sweep.row_offset(a.shape[0])
     g_col = g.col_nll if with_cols else None
+    w = g.row_nll + g_col if with_cols else g.row_nll
+    # Block math that forms the positives inside its f32 tiles (Pallas) takes their weights.
+    in_kernel = getattr(blocks, "positives_in_kernel", False)
+    positive_kw = dict(positive_w=w, mode=mode) if in_kernel else {}
 
     def compute(col_offset, local, blk, dc):
         c_blk, lse_c, g_c = blk
         da_k, dc_k, ds_k = blocks.softmax_backward(
             a, c_blk, scale, row_lse, g.row_nll, lse_c, g_c,
-            row_offset=row_offset, col_offset=col_offset, exclude_diagonal=not with_cols,
+            row_offset=row_offset, col_offset=col_offset, exclude_diagonal=not with_cols, **positive_kw,
         )
         return _add(local, (da_k, ds_k)), dc + dc_k
 
     init = (zeros_like_f32(a, a.shape), zeros_like_f32(a))
     (da, dscale), dc = sweep(compute, init, (c, col_lse, g_col), zeros_like_f32(c, c.shape))
-    w = g.row_nll + g_col if with_cols else g.row_nll
-    grads = _add((da, dc, dscale), positive_backward(a, c, scale, w, mode))
+    grads = (da, dc, dscale) if in_kernel else _add((da, dc, dscale), positive_backward(a, c, scale, w, mode))
     return _cotangents((a, c, scale), grads)
 
 

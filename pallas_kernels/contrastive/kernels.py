@@ -162,6 +162,9 @@ def _forward_kernel(scal_ref, off_ref, zq_ref, zk_ref, out_ref, *scratch, tiles,
 def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
     n = tiles.n_vecs
     q_vec_refs, k_vec_refs, out_refs = refs[:n], refs[n:2 * n], refs[2 * n:]
+    pos_ref = None
+    if geo.pos_offsets:
+        pos_ref, out_refs = out_refs[0], out_refs[1:]
     n_out = 2 if tiles.has_bias_grad else 1
     out_refs, scratch = out_refs[:n_out], out_refs[n_out:]
     q_block = pl.program_id(0)
@@ -178,7 +181,7 @@ def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
         weight = tiles.bwd_weight(logits, valid, diag, q_vecs, k_vecs)
         if geo.pos_offsets:  # in f32, before the cast: p - 1 survives where p ~ 1
             positive = jnp.logical_and(valid, _positive_cells(q_block, k_block, geo))
-            weight = tiles.minus_positives(weight, positive, q_vecs, k_vecs)
+            weight = tiles.minus_positives(weight, positive, pos_ref[...])
         dz = carry[0] + lax.dot_general(
             weight.astype(zk.dtype), zk, _NN_DIMS,
             precision=geo.precision, preferred_element_type=jnp.float32,
@@ -285,15 +288,16 @@ def _zk_spec(cfg: KernelConfig, geo: _Geometry, zk_shape) -> pl.BlockSpec:
 
 
 def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, *,
-             n_q: int, n_k: int, has_diag: bool,
-             pos_offsets: Sequence[int] = ()) -> tuple[jax.Array, jax.Array | None]:
+             n_q: int, n_k: int, has_diag: bool, pos_offsets: Sequence[int] = (),
+             pos_w: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
     """Backward: `dzq = scale * W zk` with W = tiles.bwd_weight per tile.
 
     Args:
       zq, zk, scalars, offset, n_q, n_k, has_diag: as in `row_reduce`.
-      pos_offsets: static; cells `col - row == o` (o in pos_offsets) hold the
-        positives of a whole loss (`-(g_q[i] + g_k[j]) * S_ij`): their weight is
-        subtracted in the f32 tile before it is cast to zk's dtype for the matmul.
+      pos_offsets, pos_w: static offsets and [Rq, W] per-row weights (lane-replicated):
+        cells `col - row == o` (o in pos_offsets) of row i hold a positive with
+        the term `-pos_w[i] * S_ij`; its weight is subtracted in the f32 tile
+        before the tile is cast to zk's dtype for the matmul.
       q_vecs: `tiles.n_vecs` arrays [Rq, W] (per-row inputs, lane-replicated).
       k_vecs: `tiles.n_vecs` arrays [H, Rk] (per-column inputs, H = cfg.vec_sublanes).
     Returns:
@@ -303,6 +307,9 @@ def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, 
     _check_operands(zq, zk, scalars, offset)
     if len(q_vecs) != tiles.n_vecs or len(k_vecs) != tiles.n_vecs:
         raise ValueError(f"expected {tiles.n_vecs} row and column vectors")
+    if bool(pos_offsets) != (pos_w is not None):
+        raise ValueError("pos_offsets and pos_w go together")
+    pos_in = [] if pos_w is None else [pos_w]
     geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag, tuple(pos_offsets))
     specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     rows, dp, width = zq.shape[0], zq.shape[1], geo.lanes
@@ -318,10 +325,10 @@ def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, 
         kernel,
         in_specs=[*specs.scalars, specs.rows(dp), _zk_spec(cfg, geo, zk.shape),
                   *[specs.rows(width)] * len(q_vecs),
-                  *[specs.cols(k_vecs[0].shape[0])] * len(k_vecs)],
+                  *[specs.cols(k_vecs[0].shape[0])] * len(k_vecs), *[specs.rows(width)] * len(pos_in)],
         out_specs=out_specs,
         out_shape=out_shape,
         scratch_shapes=scratch if cfg.driver == "grid" else [],
         name=f"contrastive_{tiles.__name__.strip('_').lower()}_bwd",
-    )(scalars, offset, zq, zk, *q_vecs, *k_vecs)
+    )(scalars, offset, zq, zk, *q_vecs, *k_vecs, *pos_in)
     return outs[0], (outs[1] if tiles.has_bias_grad else None)

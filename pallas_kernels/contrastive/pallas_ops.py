@@ -69,8 +69,8 @@ before the second matmul. The whole losses (`primitives.clip_loss`,
 `primitives.nt_xent_loss`) subtract the positives' weight inside the f32 tile,
 before that cast, so a confident row's p - 1 is formed in f32 (rounding p ~ 1 to
 bf16 first lost it: 18-21x the gradient's size at CLIP loss 1e-4;
-tests/test_contrastive_confident_bf16.py). The ring's Pallas blocks still add
-their positives outside the kernel.
+tests/test_contrastive_confident_bf16.py). The ring's Pallas blocks do the same
+through `softmax_pair_lse_backward(positives=...)` on each row block's own block.
 """
 from __future__ import annotations
 
@@ -256,9 +256,11 @@ def softmax_pair_lse_backward(
     zq: jax.Array, zk: jax.Array, log_t, row_lse: jax.Array, col_lse: jax.Array,
     g_row: jax.Array, g_col: jax.Array, *, self_offset=None, backend: str | None = None,
     block_q: int | None = None, block_k: int | None = None,
-    num_warps: int | None = None, num_stages: int | None = None,
+    num_warps: int | None = None, num_stages: int | None = None, positives=None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """This block's share of the gradient of `sum g_row lse_row + sum g_col lse_col`.
+    """This block's share of the gradient of `sum g_row lse_row + sum g_col lse_col`
+    (minus `sum_i w_row[i] S_i,i+o` for `positives = (offsets, w_row, w_col)`, see
+    `primitives.softmax_pair_backward`: formed in the kernel's f32 tiles).
 
     row_lse [Bq] / col_lse [Bk]: the LSEs the cotangents g_row [Bq] / g_col
     [Bk] belong to -- pass the final (all-block) LSEs to get the block's
@@ -273,7 +275,7 @@ def softmax_pair_lse_backward(
     has_diag, offset = _offset("self_offset", self_offset)
     cfg = _config(zq, zk, backend, block_q, block_k, num_warps, num_stages)
     return primitives.softmax_pair_backward(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
-                                            offset, row_lse, col_lse, g_row, g_col)
+                                            offset, row_lse, col_lse, g_row, g_col, positives=positives)
 
 
 def sigmoid_pair_row_sums(

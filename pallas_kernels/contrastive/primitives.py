@@ -68,6 +68,15 @@ def _unpad(dz_p: jax.Array, like: jax.Array, f32: bool = False) -> jax.Array:
     return dz if f32 else dz.astype(like.dtype)
 
 
+def _positive_inputs(positives, r_q: int, r_k: int, cfg: KernelConfig) -> tuple[dict, dict]:
+    """row_grad's (pos_offsets, pos_w) for the row pass and the column pass (offsets negated)."""
+    if positives is None:
+        return {}, {}
+    offsets, w_row, w_col = positives
+    return (dict(pos_offsets=tuple(offsets), pos_w=_row_vec(w_row, r_q, cfg)),
+            dict(pos_offsets=tuple(-o for o in offsets), pos_w=_row_vec(w_col, r_k, cfg)))
+
+
 def positive_logits(za: jax.Array, zb: jax.Array) -> jax.Array:
     """Row-wise za_i . zb_i in f32 -> [B], from the values the kernels read (`stored_f32`)."""
     return jnp.sum(stored_f32(za) * stored_f32(zb), axis=1)
@@ -88,10 +97,14 @@ def softmax_pair_forward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offse
 
 
 def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offset,
-                          row_lse, col_lse, g_row, g_col, f32: bool = False, with_positives: bool = False):
+                          row_lse, col_lse, g_row, g_col, f32: bool = False,
+                          positives: tuple[tuple[int, ...], jax.Array, jax.Array] | None = None):
     """Gradients of `sum g_row * row_lse + sum g_col * col_lse` -> (dzq, dzk, dlog_t),
-    dzq / dzk in the inputs' dtype (f32 when `f32`). `with_positives` adds the
-    term `-sum_i (g_row[i] + g_col[i]) S_ii` (CLIP's positives), inside the f32 tiles.
+    dzq / dzk in the inputs' dtype (f32 when `f32`).
+
+    `positives = (offsets, w_row [Bq], w_col [Bk])` adds `-sum_i w_row[i] S_ij` over the
+    cells `j - i` in offsets (static), inside the f32 tiles; w_col[j] is the same
+    weight seen from column j (w_row of its partner row).
 
     `row_lse` / `col_lse` must be the LSEs the cotangents refer to: a block's
     own, or the final ones after combining blocks (see pallas_ops.py, "Ring use").
@@ -101,11 +114,14 @@ def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offs
     r_q, r_k = zq_p.shape[0], zk_p.shape[0]
     q_side = [_row_vec(row_lse, r_q, cfg), _row_vec(g_row, r_q, cfg)]
     k_side = [_col_vec(col_lse, r_k, cfg), _col_vec(g_col, r_k, cfg)]
-    kw = dict(has_diag=has_diag, pos_offsets=(0,) if with_positives else ())
-    dzq, _ = row_grad(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, q_side, k_side, n_q=n_q, n_k=n_k, **kw)
+    pos_q, pos_k = _positive_inputs(positives, r_q, r_k, cfg)
+    kw = dict(has_diag=has_diag)
+    dzq, _ = row_grad(tiles_lib.SOFTMAX, cfg, zq_p, zk_p, scal, off, q_side, k_side, n_q=n_q, n_k=n_k,
+                      **kw, **pos_q)
     q_side = [_row_vec(col_lse, r_k, cfg), _row_vec(g_col, r_k, cfg)]
     k_side = [_col_vec(row_lse, r_q, cfg), _col_vec(g_row, r_q, cfg)]
-    dzk, _ = row_grad(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, q_side, k_side, n_q=n_k, n_k=n_q, **kw)
+    dzk, _ = row_grad(tiles_lib.SOFTMAX, cfg, zk_p, zq_p, scal, -off, q_side, k_side, n_q=n_k, n_k=n_q,
+                      **kw, **pos_k)
     return _unpad(dzq, zq, f32), _unpad(dzk, zk, f32), _log_t_grad(zq_p, dzq)
 
 
@@ -162,14 +178,16 @@ def _symmetric_backward(cfg: KernelConfig, z, log_t, row, g, f32: bool = False, 
     """(dz, dlog_t f32) of `sum g * row` for symmetric_lse's rows; dz as in `_unpad`.
 
     `pos_offsets` (static) adds `-sum (g_i + g_j) S_ij` over the cells `j - i` in it
-    (NT-Xent's positives at +-N), inside the f32 tiles."""
+    (NT-Xent's positives at +-N), inside the f32 tiles (as a weight on dS + dS^T)."""
+    pos = {} if not pos_offsets else dict(pos_offsets=tuple(pos_offsets),
+                                          pos_w=_row_vec(g + jnp.roll(g, g.shape[0] // 2), _pad(z, cfg).shape[0], cfg))
     z_p = _pad(z, cfg)
     r = z_p.shape[0]
     dz, _ = row_grad(
         tiles_lib.SOFTMAX, cfg, z_p, z_p, _scalars(log_t), _offset(jnp.zeros(())),
         [_row_vec(row, r, cfg), _row_vec(g, r, cfg)],
         [_col_vec(row, r, cfg), _col_vec(g, r, cfg)],
-        n_q=z.shape[0], n_k=z.shape[0], has_diag=True, pos_offsets=pos_offsets,
+        n_q=z.shape[0], n_k=z.shape[0], has_diag=True, **pos,
     )
     # sum_ij (dS + dS^T)_ij S_ij = 2 sum dS * S.
     return _unpad(dz, z, f32), 0.5 * _log_t_grad(z_p, dz)
@@ -258,7 +276,7 @@ def _clip_bwd(cfg, residuals, g):
     w = jnp.full((n,), 0.5 * g / n, jnp.float32)
     # d loss / d pos_i = -g / n = -(w_i + w_i): the kernel subtracts it on the diagonal in f32.
     dzi, dzt, dlog_t = softmax_pair_backward(cfg, False, zimg, ztxt, log_t, jnp.zeros((), jnp.int32),
-                                             row, col, w, w, f32=True, with_positives=True)
+                                             row, col, w, w, f32=True, positives=((0,), 2 * w, 2 * w))
     return dzi.astype(zimg.dtype), dzt.astype(ztxt.dtype), dlog_t.astype(log_t.dtype)
 
 

@@ -123,6 +123,7 @@ class PallasBlocks(NamedTuple):
 
     tile: int
     backend: str | None = None
+    positives_in_kernel = True  # softmax_backward takes the positives' weights (blockwise.py)
 
     def _softmax_kw(self, row_offset, col_offset, exclude_diagonal) -> dict[str, Any]:
         offset = row_offset - col_offset if exclude_diagonal else None
@@ -147,12 +148,20 @@ class PallasBlocks(NamedTuple):
         return rows, merge_lse(cols, max_cols, col_lse) if with_cols else None
 
     def softmax_backward(self, a, c, scale, row_lse, g_row, col_lse, g_col, *, row_offset=0,
-                         col_offset=0, exclude_diagonal=False):
+                         col_offset=0, exclude_diagonal=False, positive_w=None, mode="clip"):
+        """`positive_w` [Ba]: the positives' weights, applied where this is the rows' own block."""
+        positives = None
+        if positive_w is not None:
+            home = (jnp.asarray(row_offset) == jnp.asarray(col_offset)).astype(F32)
+            w = positive_w.astype(F32) * home
+            half = a.shape[0] // 2
+            offsets = (0,) if mode == "clip" else (half, -half)
+            positives = (offsets, w, w if mode == "clip" else jnp.roll(w, half))
         if col_lse is None:  # rows only: weight g_col * exp(S - inf) = 0
             col_lse = jnp.full_like(c, jnp.inf, F32, shape=(c.shape[0],))
             g_col = jnp.zeros_like(col_lse)
         da, dc, dlog_t = _pallas_ops().softmax_pair_lse_backward(
-            a, c, jnp.log(scale), row_lse, col_lse, g_row, g_col,
+            a, c, jnp.log(scale), row_lse, col_lse, g_row, g_col, positives=positives,
             **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
         return da.astype(F32), dc.astype(F32), dlog_t / scale
 

@@ -174,10 +174,9 @@ class _SoftmaxTiles:
         return jnp.where(cls._mask(valid, diag), weight, 0.0)
 
     @staticmethod
-    def minus_positives(weight, positive, q_vecs, k_vecs):
-        """weight - (g_q[i] + g_k[j]) on the positive cells: the gradient of `-(g_q + g_k) S_ii`."""
-        (_, g_q), (_, g_k) = q_vecs, k_vecs
-        return weight - jnp.where(positive, widen(g_q, weight.shape[1]) + g_k, 0.0)
+    def minus_positives(weight, positive, pos_w):
+        """weight - pos_w[i] on row i's positive cells: the gradient of `-sum_i pos_w[i] S_i,partner(i)`."""
+        return weight - jnp.where(positive, widen(pos_w, weight.shape[1]), 0.0)
 
 
 class _SigmoidTiles:

@@ -146,12 +146,20 @@ def _pid_alive(pid: object) -> bool:
 
 
 class WorkdirLock:
-    """An exclusive lock on a workdir for the life of a run (see the module docstring)."""
+    """An exclusive lock on a workdir for the life of a run (see the module docstring).
 
-    def __init__(self, workdir: str):
+    `what` / `option` name the folder in messages (the converter locks its output
+    folder: "Output folder", "--out")."""
+
+    def __init__(self, workdir: str, what: str = "Workdir", option: str = "--workdir"):
         self.workdir = workdir
         self.path = os.path.join(workdir, LOCK_FILE)
+        self.what, self.option = what, option
         self._fd: int | None = None
+
+    def _in_use(self, record: dict) -> WorkdirError:
+        return WorkdirError(f"{self.what} {self.workdir} is in use by {_holder_text(record)}; wait for that run to "
+                            f"end (or stop it), or use another {self.option}.")
 
     def acquire(self) -> None:
         """Takes the lock; WorkdirError naming the holder if another live run has it."""
@@ -162,8 +170,8 @@ class WorkdirLock:
             os.close(fd)
             raise
         if previous and str(previous.get("pid")) != str(os.getpid()):
-            log.warning("Workdir %s: taking over the lock left by a run that is gone (%s).",
-                        self.workdir, _holder_text(previous))
+            log.warning("%s %s: taking over the lock left by a run that is gone (%s).",
+                        self.what, self.workdir, _holder_text(previous))
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": datetime.datetime.now().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
@@ -176,15 +184,13 @@ class WorkdirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkdirError(f"Workdir {self.workdir} is in use by {_holder_text(_read_record(fd))}; wait for that "
-                               "run to end (or stop it), or use another --workdir.") from None
+            raise self._in_use(_read_record(fd)) from None
         except OSError as err:  # e.g. ENOLCK: a filesystem without locks; fall back to the record.
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             record = _read_record(fd)
             if record and record.get("host") == socket.gethostname() and _pid_alive(record.get("pid")):
-                raise WorkdirError(f"Workdir {self.workdir} is in use by {_holder_text(record)}; wait for that run "
-                                   "to end (or stop it), or use another --workdir.") from None
+                raise self._in_use(record) from None
             log.warning("Workdir %s: file locks are not supported here (%s); relying on the PID record.",
                         self.workdir, err.strerror)
             return record

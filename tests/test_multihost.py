@@ -111,7 +111,7 @@ def test_fsdp_checkpoint_restores_onto_other_meshes(tmp_path, mesh, rules):
     assert max(train_losses(str(tmp_path))) == 5
 
 
-def test_nan_skip_policy_drops_the_update_and_keeps_training(tmp_path):
+def test_nan_skip_policy_drops_the_update_and_keeps_training(tmp_path, nan_lr_allowed):
     config = tiny_supervised_config(nan_policy="skip", max_consecutive_skips=6, **{"optim.lr": float("nan")})
     metrics = train_and_evaluate(config, str(tmp_path))
     assert metrics["train/skipped_steps"] == 6

@@ -108,7 +108,7 @@ def test_tfds_path_reads_a_locally_built_dataset(tmp_path):
     assert len(source) == 360 and source[0]["image"].shape == (8, 8, 1)
 
 
-def test_nan_loss_stops_and_names_the_metric(tmp_path):
+def test_nan_loss_stops_and_names_the_metric(tmp_path, nan_lr_allowed):
     config = tiny_supervised_config(**{"optim.lr": float("nan")})
     with pytest.raises(FloatingPointError, match=r"'train/lr', 'train/update_norm'\] at step 1;"):
         train_and_evaluate(config, str(tmp_path))

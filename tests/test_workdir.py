@@ -124,14 +124,14 @@ def test_without_file_locks_the_pid_record_decides(tmp_path, monkeypatch, caplog
 
 
 # 5 ------------------------------------------------------------ nan_policy=skip
-def test_skipping_every_step_stops_after_max_consecutive_skips(tmp_path):
+def test_skipping_every_step_stops_after_max_consecutive_skips(tmp_path, nan_lr_allowed):
     config = tiny_supervised_config(nan_policy="skip", max_consecutive_skips=2, **{"optim.lr": float("nan")})
     with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row up to step 3 .*max_consecutive_skips=2"):
         train_and_evaluate(config, str(tmp_path))
     assert checkpoint.Checkpointer(str(tmp_path), every=3).all_steps() == []  # step 3 was not saved
 
 
-def test_skipped_steps_are_counted_in_the_summary(tmp_path, caplog):
+def test_skipped_steps_are_counted_in_the_summary(tmp_path, caplog, nan_lr_allowed):
     config = tiny_supervised_config(nan_policy="skip", max_consecutive_skips=6, **{"optim.lr": float("nan")})
     with caplog.at_level(logging.INFO, "jaxsup"):
         assert train_and_evaluate(config, str(tmp_path))["train/skipped_steps"] == 6
@@ -156,7 +156,7 @@ def test_the_loop_reads_no_step_output_back_between_log_steps(tmp_path, monkeypa
     assert sorted(at_step) == [1, 2, 3, 4, 5, 6] and at_step[5] == at_step[1], at_step
 
 
-def test_a_nan_found_at_a_later_log_step_is_named_at_its_own_step(tmp_path):
+def test_a_nan_found_at_a_later_log_step_is_named_at_its_own_step(tmp_path, nan_lr_allowed):
     config = tiny_supervised_config(log_every=3, **{"optim.lr": float("nan")})
     with pytest.raises(NonFiniteError, match=r"at step 1; .*last saved step: None"):
         train_and_evaluate(config, str(tmp_path))

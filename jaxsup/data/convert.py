@@ -42,9 +42,10 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
+from jaxsup import workdir as workdir_lib
 from jaxsup.data import convert_inputs as inputs, shards
 from jaxsup.data.convert_inputs import Item, Job
-from jaxsup.errors import DataError
+from jaxsup.errors import DataError, JaxsupError
 
 PLAN = "convert.json"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -109,6 +110,14 @@ def record_of(item: Item, options: Options, counts: Counter) -> tuple[dict | Non
 # ----------------------------------------------------------------------------- one shard
 
 
+def feature_problem(record: dict | None, features: set[str] | None) -> str:
+    """"missing_caption" / "extra_label" when a record's fields differ from the declared ones, else ""."""
+    if record is None or features is None or set(record) == features:
+        return ""
+    missing, extra = sorted(features - set(record)), sorted(set(record) - features)
+    return f"missing_{'_'.join(missing)}" if missing else f"extra_{'_'.join(extra)}"
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -121,14 +130,12 @@ def write_shard(job: Job, out_dir: str, options: Options) -> dict[str, Any]:
     final = os.path.join(out_dir, name + ".array_record")
     tmp = final + ".tmp"
     counts: Counter = Counter()
-    features: set[str] | None = None
+    features: set[str] | None = set(job.features) or None  # declared by the input; else the first record's
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     try:
         for item in inputs.items_of(job, options.strict):
             record, problem = record_of(item, options, counts)
-            if record is not None and features is not None and set(record) != features:
-                missing, extra = sorted(features - set(record)), sorted(set(record) - features)
-                problem = f"missing_{'_'.join(missing)}" if missing else f"extra_{'_'.join(extra)}"
+            problem = problem or feature_problem(record, features)
             if problem:
                 if options.strict:
                     raise DataError(f"{job.source}: record {item.key!r}: {problem.replace('_', ' ')}.")
@@ -194,6 +201,20 @@ def check_schemas(summaries: list[dict]) -> list[str]:
     return filled[0]["features"]
 
 
+def exit_with_parent(parent_pid: int, every_s: float = 0.2) -> None:
+    """Worker initializer: a daemon thread ends this process once its parent is gone (even by SIGKILL),
+    so no orphan keeps writing into the output folder."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_jobs(jobs: list[Job], out_dir: str, options: Options, workers: int, progress: bool) -> dict[int, dict]:
     """Converts the jobs not done yet (in `workers` processes); a progress bar over shards."""
     done = done_summaries(out_dir, jobs)
@@ -206,7 +227,8 @@ def run_jobs(jobs: list[Job], out_dir: str, options: Options, workers: int, prog
                 bar.update(1)
         else:
             # spawn, not fork: a caller that has JAX (or any threads) loaded must not be forked.
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(write_shard, job, out_dir, options): job for job in todo}
                 for future in as_completed(futures):
                     done[futures[future].index] = future.result()
@@ -238,9 +260,16 @@ def convert(kind: str, input_path: str, out: str, split: str = "train", workers:
         raise DataError(f"Unknown input kind {kind!r}: webdataset, table or folder.")
     out_dir = shards.split_dir(out, split)
     os.makedirs(out_dir, exist_ok=True)
-    check_plan(out_dir, {"kind": kind, "input": os.path.abspath(input_path), "shards": [j.source for j in jobs],
-                         "options": dataclasses.asdict(options), "examples_per_shard": examples_per_shard})
-    done = run_jobs(jobs, out_dir, options, workers, progress)
+    with workdir_lib.WorkdirLock(out_dir, what="Output folder", option="--out (or --split)"):
+        check_plan(out_dir, {"kind": kind, "input": os.path.abspath(input_path), "shards": [j.source for j in jobs],
+                             "options": dataclasses.asdict(options), "examples_per_shard": examples_per_shard})
+        info = finish(jobs, out_dir, kind, split, class_names, run_jobs(jobs, out_dir, options, workers, progress))
+    return info
+
+
+def finish(jobs: list[Job], out_dir: str, kind: str, split: str, class_names: list[str],
+           done: dict[int, dict]) -> dict[str, Any]:
+    """The split's dataset.json from the shards' summaries (written, and returned)."""
     summaries = [done[j.index] for j in jobs]
     counts: Counter = Counter()
     for s in summaries:
@@ -274,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = convert(args.kind, args.input, args.out, args.split, args.workers, options, args.examples_per_shard,
                        args.image_column, args.caption_column, args.image_root, progress=True)
-    except DataError as err:
-        print(f"jaxsup.data.convert: error: {err}", file=sys.stderr)
+    except JaxsupError as err:
+        print(f"jaxsup.data.convert: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, read-only, permission: one line naming the file
+        where = err.filename or args.out
+        print(f"jaxsup.data.convert: error: {where}: {err.strerror or err} (finished shards are kept; "
+              "rerun the same command to resume).", file=sys.stderr)
         return 2
     print(json.dumps({k: info[k] for k in ("split", "num_examples", "features", "counts")}))
     return 0

@@ -38,6 +38,8 @@ class Job:
     source: str  # for messages and the plan: the tar, or "table.tsv rows 0-9999"
     rows: tuple = ()
     root: str = ""
+    features: tuple[str, ...] = ()  # what every record must have, declared for the whole input
+
 
 # ----------------------------------------------------------------------------- reading inputs
 
@@ -50,37 +52,64 @@ def read_file(path: str) -> tuple[bytes | None, str]:
         return None, "missing_image"
 
 
-def webdataset_items(tar_path: str, strict: bool) -> Iterator[Item]:
-    """The records of an img2dataset tar: members grouped by key (path up to the first dot of the name)."""
-    groups: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
+def member_key_ext(name: str) -> tuple[str, str]:
+    """("dir/000001", "jpg") of a tar member "dir/000001.jpg" (key: the path up to the name's first dot)."""
+    folder, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return os.path.join(folder, stem), ext.lower()
+
+
+def tar_records(tar_path: str, strict: bool) -> tuple[list[tuple[str, dict[str, bytes]]], bool]:
+    """(records as (key, {ext: bytes}) in tar order, whether the tar was cut short).
+
+    A record is a run of members with one key; a key met again after another key,
+    or an extension met twice in one run, starts a new record (a duplicate)."""
+    records: list[tuple[str, dict[str, bytes]]] = []
     try:
+        if os.path.getsize(tar_path) == 0:
+            raise DataError(f"{tar_path}: an empty file (0 bytes), not a tar.")
         with tarfile.open(tar_path) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                folder, name = os.path.split(member.name)
-                stem, _, ext = name.partition(".")
-                key = os.path.join(folder, stem)
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext.lower()] = tar.extractfile(member).read()
+                key, ext = member_key_ext(member.name)
+                if not records or records[-1][0] != key or ext in records[-1][1]:
+                    records.append((key, {}))
+                records[-1][1][ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
-        if strict or not order:
-            raise DataError(f"{tar_path}: not a readable tar ({err}).") from err
-        order.append("__truncated_tar__")  # keep what was read; count the rest as lost
-    for key in order:
-        if key == "__truncated_tar__":
-            yield Item(key=tar_path, image=None, problem="truncated_tar")
+        if strict or not records:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+            raise DataError(f"{tar_path}: not a readable tar ({reason}).") from None
+        return records, True  # keep what was read; count the rest as lost
+    return records, False
+
+
+def webdataset_items(tar_path: str, strict: bool) -> Iterator[Item]:
+    """The records of an img2dataset tar; a key seen before is a `duplicate_key` (the first is kept)."""
+    records, truncated = tar_records(tar_path, strict)
+    seen: set[str] = set()
+    for key, parts in records:
+        if key in seen:
+            yield Item(key=key, image=None, problem="duplicate_key")
             continue
-        parts = groups[key]
+        seen.add(key)
         image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
         caption = parts["txt"].decode("utf-8", errors="replace") if "txt" in parts else None
         if image_ext is None:
             yield Item(key=key, image=None, caption=caption, problem="missing_image")
         else:
             yield Item(key=key, image=parts[image_ext], caption=caption)
+    if truncated:
+        yield Item(key=tar_path, image=None, problem="truncated_tar")
+
+
+def tar_has_captions(tar_path: str) -> bool:
+    """Whether any member of the tar is a `.txt` caption (reads the member headers only)."""
+    try:
+        with tarfile.open(tar_path) as tar:
+            return any(member_key_ext(m.name)[1] == "txt" for m in tar if m.isfile())
+    except (tarfile.TarError, OSError, EOFError):
+        return False  # the shard itself reports the damage when it is converted
 
 
 def row_items(job: Job) -> Iterator[Item]:
@@ -104,7 +133,9 @@ def webdataset_jobs(input_path: str) -> list[Job]:
         if os.path.isdir(input_path) else sorted(glob.glob(input_path))
     if not tars:
         raise DataError(f"No .tar shards found in {input_path!r} (webdataset input: a folder of img2dataset tars).")
-    return [Job(i, "webdataset", path) for i, path in enumerate(tars)]
+    # The dataset's columns are declared by all its tars, not by one shard's first record.
+    features = ("caption", "image", "key") if any(tar_has_captions(t) for t in tars) else ("image", "key")
+    return [Job(i, "webdataset", path, features=features) for i, path in enumerate(tars)]
 
 
 def table_rows(path: str) -> list[dict[str, Any]]:
@@ -131,8 +162,9 @@ def pick_column(rows: list[dict], given: str | None, candidates: tuple[str, ...]
 
 
 def chunked(kind: str, source: str, rows: list[tuple], per_shard: int, root: str) -> list[Job]:
-    return [Job(i, kind, f"{source} rows {s}-{min(s + per_shard, len(rows)) - 1}", tuple(rows[s:s + per_shard]), root)
-            for i, s in enumerate(range(0, len(rows), per_shard))]
+    features = ("caption", "image", "key") if kind == "table" else ("image", "key", "label")
+    return [Job(i, kind, f"{source} rows {s}-{min(s + per_shard, len(rows)) - 1}", tuple(rows[s:s + per_shard]), root,
+                features) for i, s in enumerate(range(0, len(rows), per_shard))]
 
 
 def table_jobs(path: str, per_shard: int, image_column: str | None, caption_column: str | None,

@@ -12,7 +12,7 @@ comma := ,
 RUN_EXTRAS := tb,plot
 TEST_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
 
-.PHONY: run test install install-test clean
+.PHONY: run test lint install install-test clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ run: install
 
 test: install-test
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+lint: install-test
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) workdirs

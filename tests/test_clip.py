@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.experiment import build_task
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources

@@ -1,7 +1,7 @@
 """Task "clip" options for scale: GradCache micro-batches, Pallas blocks in the ring."""
 import pytest
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.experiment import build_task
 
 from test_clip import assert_leaves_close, digits_batch, loss_and_grads, tiny_clip_config

@@ -18,7 +18,6 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-import jax  # noqa: E402
 
 from interop_helpers import (  # noqa: E402
     build_open_clip, expected_shapes, inputs, jaxsup_kwargs, jaxsup_outputs, random_params, relative_error, shrink,

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from helpers import apply_overrides, ROOT
-from jaxsup import checkpoint, registry, sharding
+from jaxsup import checkpoint, sharding
 from jaxsup.experiment import build_task
 from jaxsup.config import load_config
 from jaxsup.tasks import pseudo_label

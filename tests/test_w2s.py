@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import apply_overrides, ROOT, read_metrics, restored_params, tiny_supervised_config
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.config import load_config
 from jaxsup.experiment import build_task
 from jaxsup.evaluators import pgr

@@ -1,7 +1,6 @@
 """Top-1 accuracy and mean cross-entropy of the task's logits on a split."""
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxsup.errors import CheckpointError
 from jaxsup.interop.rules import (
-    Rule, apply_rules, attention, conv, dense, layer_norm, leading_one, linear, origins, same, scalar,
+    Rule, apply_rules, attention, conv, dense, layer_norm, leading_one, origins, same, scalar,
 )
 
 LAYOUTS = ("clip", "siglip")

@@ -22,4 +22,5 @@ from pallas_kernels.contrastive.api import IMPLS as CONTRASTIVE_IMPLS
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
 from pallas_kernels.contrastive.common import NT_XENT_REDUCTIONS
 
-__all__ = ["CACR_IMPLS", "CONTRASTIVE_IMPLS", "cacr", "DEFAULT_TILE", "nt_xent", "sigmoid_contrastive", "softmax_contrastive"]
+__all__ = ["CACR_IMPLS", "CONTRASTIVE_IMPLS", "cacr", "DEFAULT_TILE", "NT_XENT_REDUCTIONS", "nt_xent", "sigmoid_contrastive",
+           "softmax_contrastive"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import jax
@@ -102,12 +103,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     a second run on it stops at once naming the holder.
     """
     check_run_options(config)
+    fresh = not os.path.exists(workdir)
     workdir = workdir_lib.prepare(workdir)
     lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
     if lock is not None:
         lock.acquire()
     try:
         return _train_and_evaluate(config, workdir)
+    except BaseException:
+        if lock is not None and fresh:  # refused before it recorded anything: leave no workdir behind
+            lock.release()
+            workdir_lib.remove_if_unused(workdir)
+        raise
     finally:
         if lock is not None:
             lock.release()

@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 
@@ -58,6 +59,21 @@ def prepare(workdir: str) -> str:
         raise WorkdirError(f"Workdir {path!r} cannot be written ({err.strerror or err}); "
                            "choose a writable directory.") from err
     return path
+
+
+def holds_a_record(workdir: str) -> bool:
+    """Whether a run left anything worth keeping here: metrics lines or a checkpoint."""
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    return (os.path.exists(metrics) and os.path.getsize(metrics) > 0) or (
+        os.path.isdir(checkpoints) and bool(os.listdir(checkpoints)))
+
+
+def remove_if_unused(workdir: str) -> None:
+    """Removes a workdir this run created when the run was refused before it recorded anything
+    (its lock, an empty tb/ folder, config.json): a refused run leaves no trace."""
+    if not holds_a_record(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_config(config_json: str, workdir: str) -> None:

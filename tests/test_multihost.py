@@ -216,3 +216,29 @@ def test_a_dead_peer_stops_the_run_after_the_heartbeat_timeout(tmp_path):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_sigterm_to_the_launcher_waits_for_every_save_and_exits_0(tmp_path):
+    """SIGTERM reaches both processes; the launcher waits while they save, exits 0; a relaunch keeps the logs."""
+    workdir = tmp_path / "mh"
+    config = tiny_supervised_config(total_steps=5000, log_every=1, mesh=(("data", -1),), **{"checkpoint.every": 10_000})
+    cmd = ["bash", LAUNCH, "--processes", "2", "--devices", "2", "--port", str(free_port()),
+           "--", "--config", CONFIG + ":runlocal", "--workdir", str(workdir), *cli_overrides(config)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and launcher.poll() is None:
+        if (workdir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 10 for r in read_metrics(str(workdir))):
+            break
+        time.sleep(0.1)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=180)
+    assert launcher.returncode == 0, err + open(workdir / "logs" / "process_0.log").read()[-2000:]
+    saved = checkpoint.Checkpointer(str(workdir), every=10_000).latest_step()
+    assert saved is not None and 10 <= saved < 5000, saved
+    first_log = open(workdir / "logs" / "process_0.log").read()
+    relaunch = run_multihost(workdir, cli_overrides(tiny_supervised_config(total_steps=saved, mesh=(("data", -1),))), devices=2)
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert open(workdir / "logs" / "process_0.1.log").read() == first_log  # the first attempt's log is kept
+    assert sorted(os.listdir(workdir / "logs")) == ["process_0.1.log", "process_0.log", "process_1.1.log",
+                                                    "process_1.log"]

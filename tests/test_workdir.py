@@ -82,6 +82,22 @@ def test_config_json_is_written_by_a_fresh_run_only_once_it_starts(tmp_path):
     assert not os.path.exists(tmp_path / "config.json")
 
 
+def test_a_refused_run_leaves_a_new_workdir_as_it_found_it(tmp_path):
+    """Refused after the workdir was made (an unknown model): no lock file, tb/ or config.json is left."""
+    workdir = tmp_path / "new_run"
+    with pytest.raises(ValueError, match="Unknown model"):
+        train_and_evaluate(tiny_supervised_config(model_name="resnet9000"), str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_failed_run_keeps_its_record(tmp_path, nan_lr_allowed):
+    """A run that logged metrics before it failed keeps its workdir (the record of why)."""
+    workdir = tmp_path / "diverged"
+    with pytest.raises(NonFiniteError):
+        train_and_evaluate(tiny_supervised_config(**{"optim.lr": float("nan")}), str(workdir))
+    assert workdir.exists()
+
+
 # 4 -------------------------------------------------------------------- lock
 HOLD_LOCK = ("import sys, time; from jaxsup.workdir import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
              "print('locked', flush=True); time.sleep(120)")

@@ -9,6 +9,7 @@ program, so importing one never defines another's flags.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -70,8 +71,31 @@ def check_config_args(argv: Sequence[str]) -> None:
             raise ConfigError(f"unknown config key {key!r} (--config.{key}): {config_lib.closest_keys(config, key)}")
 
 
+# The machine's fault, not the program's: a full disk, a read-only or forbidden path.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(err: BaseException) -> OSError | None:
+    """The OSError of STORAGE_ERRNOS behind `err` (itself, or in its cause / context chain), else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def storage_message(err: OSError) -> str:
+    """One line naming the path, what failed, and what was kept."""
+    where = f"{err.filename}: " if err.filename else ""
+    return (f"jaxsup: error: {where}{err.strerror or os.strerror(err.errno)} (nothing half-written was kept: "
+            "checkpoints and files are written to a temporary name and renamed; earlier ones are intact)")
+
+
 def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) -> None:
-    """app.run(main), printing a user error (bad config, data, checkpoint, workdir) as one line."""
+    """app.run(main), printing a user error (bad config, data, checkpoint, workdir) or a storage
+    error (disk full, read-only, permission) as one line."""
     argv = list(sys.argv if argv is None else argv)
     try:
         check_config_args(argv[1:])
@@ -81,3 +105,8 @@ def run(main: Callable[[list[str]], None], argv: Sequence[str] | None = None) ->
             raise
         message = " ".join(str(err).split())
         raise SystemExit(f"jaxsup: error: {type(err).__name__}: {message}\n(set JAXSUP_TRACEBACK=1 for the traceback)")
+    except Exception as err:
+        cause = storage_error(err)
+        if cause is None or os.environ.get("JAXSUP_TRACEBACK"):
+            raise
+        raise SystemExit(storage_message(cause) + "\n(set JAXSUP_TRACEBACK=1 for the traceback)") from None

@@ -113,6 +113,11 @@ def cli(module, *args):
                           text=True, timeout=300)
 
 
+def line_pid(stderr: str) -> str:
+    """The PID in the temporary name an export wrote to (`<out>.tmp-<pid>`)."""
+    return stderr.split(".tmp-", 1)[1].split(":", 1)[0]
+
+
 def test_the_two_commands(run, tmp_path):
     """export writes a file once (never over it); eval --init on it prints the metrics as one JSON line."""
     workdir, logged = run
@@ -123,6 +128,12 @@ def test_the_two_commands(run, tmp_path):
     assert again.returncode != 0
     assert [line for line in again.stderr.splitlines() if line.startswith("jaxsup: error:")] == [
         f"jaxsup: error: ConfigError: Refusing to overwrite {out!r}: choose a new --out path or remove it first."]
+    # A folder the process may not write to (/sys refuses even root): one line naming the file.
+    denied = cli("jaxsup.export", "--workdir", workdir, "--format", "npz", "--out", "/sys/jaxsup_model.npz")
+    assert denied.returncode != 0 and "Traceback" not in denied.stderr, denied.stderr[-2000:]
+    assert [line for line in denied.stderr.splitlines() if line.startswith("jaxsup: error:")] == [
+        f"jaxsup: error: /sys/jaxsup_model.npz.tmp-{line_pid(denied.stderr)}: Permission denied (nothing half-written "
+        "was kept: checkpoints and files are written to a temporary name and renamed; earlier ones are intact)"]
     results = str(tmp_path / "results.json")
     shown = cli("jaxsup.eval", "--config", CONFIG, "--init", f"open_clip:{out}", "--results", results)
     assert shown.returncode == 0, shown.stderr[-2000:]

@@ -143,7 +143,7 @@ def to_array(pil: Image.Image) -> np.ndarray:
 
 def decode_image(image: Any, channels: int = 3, where: str = "image") -> np.ndarray:
     """Encoded bytes or uint8 array -> uint8 [H, W, channels]."""
-    if isinstance(image, (bytes, np.bytes_)):
+    if isinstance(image, (bytes, np.bytes_)) and channels == 3:  # Pillow makes "L" from RGB here, not from Y
         fast = turbo_jpeg.window(bytes(image), None, channels, margin=0)
         if fast is not None:
             return fast[0]
@@ -317,7 +317,7 @@ def central_crop(arg: str = "224") -> Callable[[Example], Example]:
 def exact_window(image: Any, left: int, top: int, size: int, channels: int, where: str) -> np.ndarray:
     """The size x size window at (left, top) of uint8 [H, W, C] or of encoded bytes (only the window
     decoded where libjpeg-turbo applies) -> uint8 [size, size, C]."""
-    if isinstance(image, (bytes, np.bytes_)):
+    if isinstance(image, (bytes, np.bytes_)) and channels == 3:  # as decode_image
         fast = turbo_jpeg.window(bytes(image), (left, top, left + size, top + size), channels, margin=2)
         if fast is not None:
             x, y = int(fast[1][0]), int(fast[1][1])

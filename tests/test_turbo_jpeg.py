@@ -48,7 +48,8 @@ EXOTIC = {  # the Pillow path decodes these
     "cmyk": encode(IMAGE, "CMYK", quality=90), "progressive": encode(IMAGE, quality=90, progressive=True),
     "png": encode(IMAGE, fmt="PNG"),
 }
-BAD = {"zero-byte": b"", "truncated": KINDS["420"][:3000], "garbage": b"\xff\xd8\xff\xe0 not really a jpeg",
+BAD = {"zero-byte": b"", "truncated": KINDS["420"][:3000], "truncated-late": KINDS["420"][:-300],
+       "truncated-2": KINDS["420"][:-2], "garbage": b"\xff\xd8\xff\xe0 not really a jpeg",
        "zeroed-tables": KINDS["420"][:200] + bytes(200) + KINDS["420"][400:],
        "corrupt-scan": KINDS["420"][:5000] + b"\xff\xd9\x00\xff" * 50 + KINDS["420"][5200:]}
 
@@ -143,7 +144,8 @@ def test_exotic_images_take_the_pillow_path_unchanged(monkeypatch, name):
 def test_bad_bytes_give_the_same_data_error_or_image_on_both_paths(monkeypatch, name):
     """Damaged files end as they do without turbo_jpeg: the same DataError naming the example, or
     (where libjpeg only warns and Pillow decodes) the same image; skip_bad counts the same."""
-    for ops in (["decode"], ["inception_crop:48"], ["resize_small:64"], ["central_crop:64"]):
+    for ops in (["decode"], ["inception_crop:48"], ["inception_crop:scale_min=0.01,scale_max=0.02,size=8"],
+                ["resize_small:64"], ["central_crop:64"]):  # small windows: the decode stops early
         fast, slow = both_paths(monkeypatch, ops, BAD[name], index=17)
         if isinstance(slow, DataError):
             assert isinstance(fast, DataError) and "example 17" in str(fast) and str(fast) == str(slow), (name, ops)
@@ -151,7 +153,7 @@ def test_bad_bytes_give_the_same_data_error_or_image_on_both_paths(monkeypatch, 
             assert not isinstance(fast, DataError) and mean_abs(fast["image"], slow["image"]) <= MEAN_TOL, (name, ops)
     fast, slow = both_paths(monkeypatch, ["decode:skip_bad=1"], BAD[name], index=17)
     assert int(fast["bad_image"]) == int(slow["bad_image"])
-    assert name not in ("zero-byte", "truncated", "garbage") or int(fast["bad_image"]) == 1
+    assert not name.startswith(("zero-byte", "truncated", "garbage")) or int(fast["bad_image"]) == 1
 
 
 def reference_bilinear(a: np.ndarray, box: tuple[float, ...], out: tuple[int, int]) -> np.ndarray:

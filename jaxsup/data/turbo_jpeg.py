@@ -9,8 +9,9 @@ shared object, used here through its C API; a system libturbojpeg with the tj3 f
 environment, `available()` is False and jaxsup/data/image_ops.py decodes with Pillow.
 
 Everything here answers None where the caller should take the Pillow path instead: not a
-JPEG, CMYK/YCCK, 12-bit, lossless, progressive, unusual subsampling, or any libjpeg error or
-warning (a corrupt or truncated file then ends in Pillow's error, exactly as without this module).
+JPEG, CMYK/YCCK, 12-bit, lossless, progressive, unusual subsampling, no EOI marker at the end
+(truncated, or trailing bytes), or any libjpeg error or warning (a corrupt file then ends in
+Pillow's error or image, exactly as without this module).
 """
 from __future__ import annotations
 
@@ -109,8 +110,12 @@ HANDLES = Handles()
 
 
 def read_header(data: bytes) -> Header | None:
-    """Header of a baseline 8-bit gray/YCbCr/RGB JPEG; None for anything else (or no library)."""
-    if not available() or data[:2] != b"\xff\xd8":
+    """Header of a baseline 8-bit gray/YCbCr/RGB JPEG; None for anything else (or no library).
+
+    The file must also end in the EOI marker: a window decode stops after the window's last row,
+    so a file cut short below it would decode, where Pillow (reading it all) says "truncated".
+    """
+    if not available() or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
         return None
     lib, h = HANDLES.lib, HANDLES.handle
     if not h or lib.tj3DecompressHeader(h, data, len(data)) != 0:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsup.data import image_ops, preprocess, turbo_jpeg
+from jaxsup.data import preprocess, resize, turbo_jpeg
 from jaxsup.errors import DataError
 
 RNG_KEY = preprocess.RNG_KEY
@@ -169,14 +169,17 @@ def reference_bilinear(a: np.ndarray, box: tuple[float, ...], out: tuple[int, in
 
 
 @pytest.mark.parametrize("box,out", [((0, 0, 336, 248), (50, 40)), ((10, 7, 210, 180), (64, 64)),
-                                     ((30, 20, 60, 50), (90, 90))])
-def test_antialias_0_is_plain_bilinear_as_tf_image_resize(box, out):
+                                     ((30, 20, 60, 50), (90, 90)), ((10.5, 7.25, 300.3, 200.1), (224, 224))])
+@pytest.mark.parametrize("backend", ["as installed", "Pillow"])
+def test_antialias_0_is_plain_bilinear_as_tf_image_resize(monkeypatch, box, out, backend):
+    """Both 2x2-tap backends (cv2.warpAffine from the [jpeg] extra, Pillow's affine transform)."""
+    if backend == "Pillow":
+        monkeypatch.setattr(resize, "optional_cv2", lambda: None)
     l, t, r, b = box
-    got = image_ops.crop_resize(IMAGE, (l, t, r - l, b - t), out, 3, "t", antialias=False)
-    assert np.abs(got - reference_bilinear(IMAGE, box, out)).max() <= 1 + 1e-6  # Pillow rounds in fixed point
+    got = resize.resize_window(IMAGE, box, out, antialias=False)
+    assert np.abs(got - reference_bilinear(IMAGE, box, out)).max() <= 1 + 1e-6  # both round in fixed point
     if out[0] < r - l:  # downscaling: the antialiased default is a different (smoother) filter
-        smooth = image_ops.crop_resize(IMAGE, (l, t, r - l, b - t), out, 3, "t")
-        assert mean_abs(smooth, got) > 1.0
+        assert mean_abs(resize.resize_window(IMAGE, box, out, antialias=True), got) > 1.0
 
 
 @needs_turbo

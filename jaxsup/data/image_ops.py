@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from jaxsup.data import turbo_jpeg
+from jaxsup.data.resize import resize_window
 from jaxsup.data.preprocess import RNG_KEY, Example, example_rng, register_op
 from jaxsup.errors import ConfigError, DataError
 
@@ -212,19 +213,6 @@ def sample_inception_box(rng: np.random.Generator, width: int, height: int, scal
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def resize_window(pil: Image.Image, window: tuple[float, ...], out_wh: tuple[int, int], antialias: bool
-                  ) -> np.ndarray:
-    """The window (l, t, r, b) of `pil` bilinearly resized to out_wh (w, h) -> uint8 [h, w, C].
-
-    antialias: Pillow's bilinear filter widened by the downscale factor (torchvision's default);
-    off: 2x2-tap bilinear at half-pixel centres, edges clamped (tf.image.resize, antialias=False).
-    """
-    if antialias:
-        return to_array(pil.resize(out_wh, Image.BILINEAR, box=window, reducing_gap=None))
-    (l, t, r, b), (w, h) = window, out_wh
-    return to_array(pil.transform(out_wh, Image.AFFINE, ((r - l) / w, 0, l, 0, (b - t) / h, t), Image.BILINEAR))
-
-
 def crop_resize(image: Any, box: tuple[int, int, int, int], out_wh: tuple[int, int], channels: int,
                 where: str, antialias: bool = True) -> np.ndarray:
     """The window box (left, top, w, h) of `image` resized to out_wh (w, h) -> uint8 [h, w, C].
@@ -239,8 +227,7 @@ def crop_resize(image: Any, box: tuple[int, int, int, int], out_wh: tuple[int, i
         reach = max(w / out_wh[0], h / out_wh[1], 1.0) + 2  # filter support + 2 (edge columns of a crop)
         fast = turbo_jpeg.window(bytes(image), (left, top, left + w, top + h), channels, reach, need)
         if fast is not None:
-            return resize_window(Image.fromarray(fast[0][..., 0] if channels == 1 else fast[0]), fast[1], out_wh,
-                                 antialias)
+            return resize_window(fast[0][..., 0] if channels == 1 else fast[0], fast[1], out_wh, antialias)
     pil = as_pil(image, channels, where, draft=need)
     sx, sy = pil.size[0] / full_w, pil.size[1] / full_h  # 1, or the DCT scale actually used
     window = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from jaxsup.data import image_ops, preprocess, turbo_jpeg
+from jaxsup.data import image_ops, preprocess, resize, turbo_jpeg
 
 SETS = {"400-640px": (400, 640), "1000-2000px": (1000, 2000)}
 
@@ -57,17 +57,22 @@ def threaded(fn: Callable[[list], Any], items: list, threads: int) -> None:
         list(pool.map(fn, chunks))
 
 
-def jaxsup_case(jpegs: list[bytes], antialias: int, backend: str, threads: int) -> Callable[[], tuple[float, float]]:
-    """jaxsup's ops (`inception_crop:224,antialias=A`, `flip_lr`) per example, JAXSUP_JPEG=backend."""
+def jaxsup_case(jpegs: list[bytes], antialias: int, extra: bool, threads: int) -> Callable[[], tuple[float, float]]:
+    """jaxsup's ops (`inception_crop:224,antialias=A`, `flip_lr`) per example; extra=False: Pillow
+    alone, as before the `[jpeg]` extra (JAXSUP_JPEG=pillow, and no OpenCV for antialias=0)."""
     op = preprocess.build([f"inception_crop:size=224,antialias={antialias}", "flip_lr"])
     exs = examples(jpegs)
 
     def run() -> tuple[float, float]:
-        os.environ["JAXSUP_JPEG"] = backend
+        saved = resize.optional_cv2
+        os.environ["JAXSUP_JPEG"] = "auto" if extra else "pillow"
+        if not extra:
+            resize.optional_cv2 = lambda: None
         try:
             return timed(lambda: threaded(lambda chunk: [op(ex) for ex in chunk], exs, threads), len(exs))
         finally:
             os.environ.pop("JAXSUP_JPEG", None)
+            resize.optional_cv2 = saved
 
     return run
 
@@ -120,11 +125,12 @@ def timed(fn: Callable[[], Any], count: int) -> tuple[float, float]:
 def cases(jpegs: list[bytes], threads: tuple[int, ...]) -> dict[str, Callable[[], tuple[float, float]]]:
     """name -> run() for every contender on one image set."""
     out: dict[str, Callable[[], tuple[float, float]]] = {}
+    extra = turbo_jpeg.load_library() is not None and resize.optional_cv2() is not None
     for t in threads:
         for aa in (1, 0):
-            if turbo_jpeg.load_library() is not None:
-                out[f"jaxsup turbo   aa={aa} threads={t}"] = jaxsup_case(jpegs, aa, "auto", t)
-            out[f"jaxsup Pillow  aa={aa} threads={t}"] = jaxsup_case(jpegs, aa, "pillow", t)
+            if extra:
+                out[f"jaxsup [jpeg]  aa={aa} threads={t}"] = jaxsup_case(jpegs, aa, True, t)
+            out[f"jaxsup Pillow  aa={aa} threads={t}"] = jaxsup_case(jpegs, aa, False, t)
             tf_run = tf_case(jpegs, aa, t)
             if tf_run is not None:
                 out[f"tf.data        aa={aa} threads={t}"] = tf_run
@@ -135,7 +141,8 @@ def run_sets(count_small: int, count_large: int, rounds: int, threads: tuple[int
     """Every set's contenders, interleaved `rounds` times (after one warm-up); medians; load recorded."""
     rng = np.random.default_rng(0)
     report: dict[str, Any] = {"load_before": os.getloadavg(), "rounds": rounds, "cpus": os.cpu_count(),
-                              "tf_data": tf_available(), "turbo": turbo_jpeg.load_library() is not None, "sets": {}}
+                              "tf_data": tf_available(), "turbo": turbo_jpeg.load_library() is not None,
+                              "cv2": resize.optional_cv2() is not None, "sets": {}}
     for name, count in (("400-640px", count_small), ("1000-2000px", count_large)):
         jpegs = photo_set(rng, count, SETS[name])
         contenders = cases(jpegs, threads)
@@ -170,6 +177,6 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{'contender':36s} {'images/s':>9s} {'img/CPU-s':>10s} {'vs Pillow':>9s}")
         res = block["results"]
         for n, r in res.items():
-            ref = res.get(n.replace("turbo ", "Pillow").replace("tf.data       ", "jaxsup Pillow "))
+            ref = res.get("jaxsup Pillow " + n[14:])
             ratio = r["images_per_cpu_s"] / ref["images_per_cpu_s"] if ref else float("nan")
             print(f"{n:36s} {r['images_per_s']:9.0f} {r['images_per_cpu_s']:10.0f} {ratio:9.2f}")

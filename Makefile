@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:
 #   make run    create .venv if missing, install the default deps + [tb,plot], run the default experiment
 #   make test   create .venv if missing, install [test] (+ EXTRAS), run the test suite
-# CI (.ci/run) runs `make test EXTRAS=interop`: the open_clip / PyTorch equivalence tests need it.
+# CI (.ci/run) runs `make test EXTRAS=interop,jpeg`: the open_clip / PyTorch equivalence tests and the
+# libjpeg-turbo window-decode tests need those extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

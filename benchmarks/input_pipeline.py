@@ -1,6 +1,7 @@
 """Host input pipeline: images/s and images per CPU-second, and the digits train loop vs a minimal loop.
 
     python benchmarks/input_pipeline.py [--rounds 3] [--batches 30] [--jpegs 256] [--steps 300]
+    python benchmarks/input_pipeline.py --jpeg [--rounds 5] [--small 192] [--large 32] [--json out.json]
 
 All in one run, each measurement repeated `--rounds` times interleaved with
 the others (medians), wall time and CPU time (this process + its grain worker
@@ -20,7 +21,11 @@ processes, via psutil) side by side:
                   report the median rate over intervals of LOG_EVERY steps that end in a
                   host sync, after the first interval.
 
-tf.data's column needs the `[tf]` extra (TensorFlow); without it the row says so.
+--jpeg runs only the JPEG decode comparison (benchmarks/jpeg_bench.py): jaxsup's
+libjpeg-turbo window decode vs its Pillow path, antialias on and off, 1 and 2 threads, on
+400-640 px and 1000-2000 px photo-like JPEGs (q85-95, 4:2:0 and 4:4:4), plus tf.data's
+decode_and_crop_jpeg on the same windows when TensorFlow is importable (the `[tf]` extra;
+without it the column is skipped and the report says so). Load averages before/after are recorded.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import argparse
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -42,6 +48,10 @@ from jaxsup import registry
 from jaxsup.config import load_config
 from jaxsup.data import pipeline, preprocess, sources
 from jaxsup.optim import make_optimizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jpeg_bench  # noqa: E402  (sibling modules, not a package)
+from bench_io import write_report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JPEG_OPS = ("inception_crop:224", "flip_lr", "keep:image")  # bytes in: decoded inside the crop op
@@ -205,7 +215,7 @@ def tf_data_note() -> str:
         import tensorflow  # noqa: F401
     except ImportError:
         return "tf.data: skipped (TensorFlow is not installed; `pip install 'jaxsup[tf]'` adds the column)"
-    return "tf.data: TensorFlow is installed but this benchmark has no tf.data column yet"
+    return "tf.data: TensorFlow is installed; its column is in --jpeg (decode_and_crop_jpeg)"
 
 
 def interleaved(cases: dict[str, Callable[[], tuple[float, float]]], rounds: int) -> dict[str, tuple[float, float]]:
@@ -223,7 +233,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="batches per pipeline measurement")
     parser.add_argument("--jpegs", type=int, default=256, help="generated JPEGs")
     parser.add_argument("--steps", type=int, default=300, help="train steps per loop measurement")
+    parser.add_argument("--jpeg", action="store_true", help="only the JPEG decode comparison (jpeg_bench.py)")
+    parser.add_argument("--small", type=int, default=192, help="--jpeg: 400-640 px JPEGs")
+    parser.add_argument("--large", type=int, default=32, help="--jpeg: 1000-2000 px JPEGs")
+    parser.add_argument("--json", default=None, help="--jpeg: also write the report here")
     args = parser.parse_args()
+    if args.jpeg:
+        report = jpeg_bench.run_sets(args.small, args.large, args.rounds, threads=(1, 2))
+        jpeg_bench.print_report(report)
+        write_report(report, args.json)
+        return
 
     rng = np.random.default_rng(0)
     jpegs = [photo_jpeg(rng) for _ in range(args.jpegs)]

@@ -112,21 +112,40 @@ def eta_seconds(step: int, total: int, first_step: int, first_time: float, now: 
 
 
 class StepTimer:
-    """Steps/s and examples/s between two `lap` calls."""
+    """Steps/s and examples/s between two `lap` calls, and the share of that time spent waiting for input.
+
+    perf/input_wait_frac: seconds in `next(batches)` (added with `waited`) / seconds of the lap;
+    near 1 the run is input-bound (the device idles while the host makes batches).
+    """
+
+    INPUT_BOUND = 0.5  # at or above this, the progress line shows input_wait_frac
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
         self._t = time.perf_counter()
         self._step: int | None = None
+        self._wait = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self._wait += seconds
 
     def lap(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         out = {}
         if self._step is not None and step > self._step:
             dt = (now - self._t) / (step - self._step)
-            out = {"perf/step_time_s": dt, "perf/steps_per_s": 1.0 / dt, "perf/examples_per_s": self.batch_size / dt}
-        self._t, self._step = now, step
+            out = {"perf/step_time_s": dt, "perf/steps_per_s": 1.0 / dt, "perf/examples_per_s": self.batch_size / dt,
+                   "perf/input_wait_frac": min(self._wait / max(now - self._t, 1e-12), 1.0)}
+        self._t, self._step, self._wait = now, step, 0.0
         return out
+
+
+def progress_keys(last: Mapping[str, float]) -> dict[str, float]:
+    """What the progress line shows: loss, steps/s, and input_wait_frac when the run is input-bound."""
+    keys = ["train/loss", "perf/steps_per_s"]
+    if last.get("perf/input_wait_frac", 0.0) >= StepTimer.INPUT_BOUND:
+        keys.append("perf/input_wait_frac")
+    return {k: last[k] for k in keys if k in last}
 
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets); matched as substrings

@@ -201,7 +201,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     single_process = jax.process_count() == 1
     try:
         for step in range(start_step + 1, config.total_steps + 1):
+            waiting = time.perf_counter()
             batch = first_batch if step == start_step + 1 else pipeline.to_global(next(batches), batch_sharding)
+            timer.waited(time.perf_counter() - waiting)
             profiler.before_step(step)
             state, step_metrics = train_step(state, frozen, batch)
             profiler.after_step(step, step_metrics)
@@ -220,7 +222,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 if utilisation is not None:
                     last["perf/mfu"] = utilisation
                 writer.write(step, last)
-                writer.progress(step, {k: v for k, v in last.items() if k in ("train/loss", "perf/steps_per_s")})
+                writer.progress(step, metrics_lib.progress_keys(last))
             if is_eval:
                 last.update(run_evals(step))
             if is_save or preempted:

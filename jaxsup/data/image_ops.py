@@ -1,4 +1,4 @@
-"""Host image ops for real datasets (Pillow, libjpeg-turbo inside): decode, crops, resize, flip, normalise.
+"""Host image ops for real datasets (Pillow; libjpeg-turbo 3 window decode where installed): decode, crops, resize, flip, normalise.
 
 Ops (names in config.data.preprocess; arguments "k=v,k=v", or one bare value):
 
@@ -10,9 +10,13 @@ Ops (names in config.data.preprocess; arguments "k=v,k=v", or one bare value):
   and aspect w/h log-uniform in [ratio_min, ratio_max] (10 tries, then the central
   crop of the clamped aspect, as torchvision/TF), resized (bilinear, antialiased).
   JPEG bytes are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-  leaves the crop at least `size` pixels (libjpeg cannot decode a window alone).
+  leaves the crop at least `size` pixels; with libjpeg-turbo 3 (the `[jpeg]` extra,
+  jaxsup/data/turbo_jpeg.py) only the crop window's rows and columns are decoded,
+  Pillow otherwise (and for non-JPEG, CMYK, progressive, 12-bit or damaged files).
 - `resize_small:256` -> the shorter side resized to 256, aspect kept (JPEG: DCT scaling).
 - `central_crop:224` -> the central 224 x 224 window (smaller images are resized up first).
+  The three resizing ops take `antialias=1` (default: Pillow's antialiased bilinear, as
+  torchvision) or `antialias=0` (2x2-tap bilinear, as tf.image.resize / big_vision).
 - `flip_lr:prob=0.5` -> left-right flip with probability prob.
 - `normalize:mean=0.485/0.456/0.406,std=0.229/0.224/0.225` (or `normalize:imagenet`)
   -> float32 (x / 255 - mean) / std; batchable, so it runs once per batch.
@@ -32,6 +36,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from jaxsup.data import turbo_jpeg
+from jaxsup.data.resize import resize_window
 from jaxsup.data.preprocess import RNG_KEY, Example, example_rng, register_op
 from jaxsup.errors import ConfigError, DataError
 
@@ -138,6 +144,10 @@ def to_array(pil: Image.Image) -> np.ndarray:
 
 def decode_image(image: Any, channels: int = 3, where: str = "image") -> np.ndarray:
     """Encoded bytes or uint8 array -> uint8 [H, W, channels]."""
+    if isinstance(image, (bytes, np.bytes_)) and channels == 3:  # Pillow makes "L" from RGB here, not from Y
+        fast = turbo_jpeg.window(bytes(image), None, channels, margin=0)
+        if fast is not None:
+            return fast[0]
     return to_array(as_pil(image, channels, where))
 
 
@@ -165,9 +175,15 @@ def decode(arg: str = "") -> Callable[[Example], Example]:
 def image_size(image: Any, where: str) -> tuple[int, int]:
     """(width, height) of encoded bytes (header only) or of an array [H, W, ...]."""
     if isinstance(image, (bytes, np.bytes_)):
-        return open_image(bytes(image), where).size
+        return encoded_size(bytes(image), where)
     shape = np.shape(image)
     return int(shape[1]), int(shape[0])
+
+
+def encoded_size(data: bytes, where: str) -> tuple[int, int]:
+    """(width, height) from the header of encoded bytes (libjpeg-turbo where it applies, else Pillow)."""
+    header = turbo_jpeg.read_header(data)
+    return (header.width, header.height) if header is not None else open_image(data, where).size
 
 
 # ----------------------------------------------------------------------------- crops and resize
@@ -198,18 +214,24 @@ def sample_inception_box(rng: np.random.Generator, width: int, height: int, scal
 
 
 def crop_resize(image: Any, box: tuple[int, int, int, int], out_wh: tuple[int, int], channels: int,
-                where: str) -> np.ndarray:
+                where: str, antialias: bool = True) -> np.ndarray:
     """The window box (left, top, w, h) of `image` resized to out_wh (w, h) -> uint8 [h, w, C].
 
-    JPEG bytes decode at the smallest DCT scale that keeps the window >= out_wh.
+    JPEG bytes decode at the smallest DCT scale that keeps the window >= out_wh; with
+    libjpeg-turbo 3 (turbo_jpeg) only the window's rows and columns (plus the filter's reach).
     """
     full_w, full_h = image_size(image, where)
     left, top, w, h = box
     need = (math.ceil(full_w * out_wh[0] / w), math.ceil(full_h * out_wh[1] / h))
+    if isinstance(image, (bytes, np.bytes_)):
+        reach = max(w / out_wh[0], h / out_wh[1], 1.0) + 2  # filter support + 2 (edge columns of a crop)
+        fast = turbo_jpeg.window(bytes(image), (left, top, left + w, top + h), channels, reach, need)
+        if fast is not None:
+            return resize_window(fast[0][..., 0] if channels == 1 else fast[0], fast[1], out_wh, antialias)
     pil = as_pil(image, channels, where, draft=need)
     sx, sy = pil.size[0] / full_w, pil.size[1] / full_h  # 1, or the DCT scale actually used
     window = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    return to_array(pil.resize(out_wh, Image.BILINEAR, box=window, reducing_gap=None))
+    return resize_window(pil, window, out_wh, antialias)
 
 
 def check_size(op: str, size: int) -> int:
@@ -222,7 +244,7 @@ def check_size(op: str, size: int) -> int:
 def inception_crop(arg: str = "") -> Callable[[Example], Example]:
     """Random-resized crop to size x size (see the module docstring)."""
     kw = op_args("inception_crop", arg, {"size": 224, "scale_min": 0.08, "scale_max": 1.0, "ratio_min": 0.75,
-                                         "ratio_max": 4 / 3, "channels": 3}, bare="size")
+                                         "ratio_max": 4 / 3, "channels": 3, "antialias": 1}, bare="size")
     size, _ = check_size("inception_crop", kw["size"]), check_channels("inception_crop", kw["channels"])
     scale, ratio = (kw["scale_min"], kw["scale_max"]), (kw["ratio_min"], kw["ratio_max"])
     if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
@@ -233,7 +255,7 @@ def inception_crop(arg: str = "") -> Callable[[Example], Example]:
         image, where = get_image(ex, "inception_crop"), example_name(ex)
         width, height = image_size(image, where)
         box = sample_inception_box(example_rng(ex, salt), width, height, scale, ratio)
-        return {**ex, "image": crop_resize(image, box, (size, size), kw["channels"], where)}
+        return {**ex, "image": crop_resize(image, box, (size, size), kw["channels"], where, bool(kw["antialias"]))}
 
     return op
 
@@ -246,15 +268,16 @@ def small_side_size(width: int, height: int, small: int) -> tuple[int, int]:
 
 @register_op("resize_small")
 def resize_small(arg: str = "256") -> Callable[[Example], Example]:
-    """Shorter side -> size, aspect kept (bilinear, antialiased); decodes bytes first."""
-    kw = op_args("resize_small", arg, {"size": 256, "channels": 3}, bare="size")
+    """Shorter side -> size, aspect kept (bilinear, antialias=1 by default); decodes bytes first."""
+    kw = op_args("resize_small", arg, {"size": 256, "channels": 3, "antialias": 1}, bare="size")
     size, _ = check_size("resize_small", kw["size"]), check_channels("resize_small", kw["channels"])
 
     def op(ex: Example) -> Example:
         image, where = get_image(ex, "resize_small"), example_name(ex)
         width, height = image_size(image, where)
         out = small_side_size(width, height, size)
-        return {**ex, "image": crop_resize(image, (0, 0, width, height), out, kw["channels"], where)}
+        box = (0, 0, width, height)
+        return {**ex, "image": crop_resize(image, box, out, kw["channels"], where, bool(kw["antialias"]))}
 
     return op
 
@@ -262,7 +285,7 @@ def resize_small(arg: str = "256") -> Callable[[Example], Example]:
 @register_op("central_crop")
 def central_crop(arg: str = "224") -> Callable[[Example], Example]:
     """The central size x size window of uint8 [H, W, C]; a smaller side is first resized up to size."""
-    kw = op_args("central_crop", arg, {"size": 224, "channels": 3}, bare="size")
+    kw = op_args("central_crop", arg, {"size": 224, "channels": 3, "antialias": 1}, bare="size")
     size, _ = check_size("central_crop", kw["size"]), check_channels("central_crop", kw["channels"])
 
     def op(ex: Example) -> Example:
@@ -270,13 +293,24 @@ def central_crop(arg: str = "224") -> Callable[[Example], Example]:
         width, height = image_size(image, where)
         if min(width, height) < size:
             width, height = small_side_size(width, height, size)
-            image = crop_resize(image, (0, 0, *image_size(image, where)), (width, height), kw["channels"], where)
-        elif isinstance(image, (bytes, np.bytes_)):
-            image = decode_image(image, kw["channels"], where)
+            image = crop_resize(image, (0, 0, *image_size(image, where)), (width, height), kw["channels"], where,
+                                bool(kw["antialias"]))
         top, left = (height - size) // 2, (width - size) // 2
-        return {**ex, "image": np.ascontiguousarray(np.asarray(image)[top:top + size, left:left + size])}
+        return {**ex, "image": exact_window(image, left, top, size, kw["channels"], where)}
 
     return op
+
+
+def exact_window(image: Any, left: int, top: int, size: int, channels: int, where: str) -> np.ndarray:
+    """The size x size window at (left, top) of uint8 [H, W, C] or of encoded bytes (only the window
+    decoded where libjpeg-turbo applies) -> uint8 [size, size, C]."""
+    if isinstance(image, (bytes, np.bytes_)) and channels == 3:  # as decode_image
+        fast = turbo_jpeg.window(bytes(image), (left, top, left + size, top + size), channels, margin=2)
+        if fast is not None:
+            x, y = int(fast[1][0]), int(fast[1][1])
+            return np.ascontiguousarray(fast[0][y:y + size, x:x + size])
+        image = decode_image(image, channels, where)
+    return np.ascontiguousarray(np.asarray(image)[top:top + size, left:left + size])
 
 
 @register_op("flip_lr")

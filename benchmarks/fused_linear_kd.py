@@ -20,7 +20,7 @@ CPU time (all threads) are reported with their ratios to "reference".
 reference at the f32 and bf16 time cases; temp memory <= 1/50 at the memory case.
 
 CPU result (2 cores shared with other jobs, jax 0.10.2), one run of the defaults:
-see README ("Fused linear KD") and the issue 17 notes.
+see docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -97,6 +97,11 @@ RANGES: dict[str, Range] = {
     "*.feature_dropout": OPEN_FRACTION,
     "*.grad_cache_micro_batches": POSITIVE_INT,
     "label_noise.rate": FRACTION,
+    "pskd.alpha_T": FRACTION,
+    "sla.num_rotations": POSITIVE_INT,
+    "look.k": POSITIVE_INT,
+    "tgeo.val_examples": POSITIVE_INT,
+    "promptkd.n_ctx": POSITIVE_INT,
     "evals.*.every": NON_NEGATIVE_INT,  # 0: only at the end of the run
     "evals.*.batch_size": POSITIVE_INT,
 }

@@ -11,7 +11,7 @@ A single process needs none of this; given an address anyway (e.g.
 `launch/multihost_cpu.sh --processes 1`) it joins as a one-process run and
 then uses the same cross-process collectives as N processes (gloo on CPU):
 its sums round exactly as a run of N processes do, so a checkpoint moves
-between process counts bitwise (README, "Moving a run"). An unreachable
+between process counts bitwise (docs/scaling.md, "Moving a run to another layout"). An unreachable
 coordinator fails after `timeout_s` with a message naming the address,
 instead of hanging.
 

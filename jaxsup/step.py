@@ -9,7 +9,7 @@ the batch is cut into k micro-batches (micro-batch i = rows i, i+k, ..., so
 every device holds an equal share of each) whose gradients are averaged in a
 `lax.scan`: for a per-example mean loss without RNG this is the same update
 as the whole batch at 1/k of the activation memory. Contrastive losses are
-not per-example means: see the README (GradCache) before accumulating them.
+not per-example means: see docs/scaling.md (GradCache) before accumulating them.
 """
 from __future__ import annotations
 

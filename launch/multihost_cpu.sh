@@ -3,7 +3,7 @@
 # the multi-host code path (jax.distributed, per-process data, collective
 # checkpoints) without a pod. `--processes 1` still joins jax.distributed, so it
 # sums with the same collectives (gloo) as N processes: a run moves between
-# process counts bitwise (README, "Moving a run to another layout").
+# process counts bitwise (docs/scaling.md, "Moving a run to another layout").
 #
 #   launch/multihost_cpu.sh [--dry-run] [--processes N] [--devices M] [--port P] \
 #       [--logdir DIR] -- --config configs/supervised_digits.py --workdir /tmp/mh

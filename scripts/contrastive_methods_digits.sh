@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's CACR and G-SimCLR rows: every arm x 3 seeds (all labels, then 72 labels by
+# docs/methods.md's CACR and G-SimCLR rows: every arm x 3 seeds (all labels, then 72 labels by
 # re-evaluating the same runs), the pseudo-classes, the geometry. About 35 min on 2 busy CPU cores.
 # Usage: scripts/contrastive_methods_digits.sh [ROOT=/tmp/jaxsup/contrastive_methods]
 set -euo pipefail

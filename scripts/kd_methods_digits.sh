@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's trilateral-geometry KD and PromptKD rows: teachers once, then every arm x 3 seeds,
+# docs/methods.md's trilateral-geometry KD and PromptKD rows: teachers once, then every arm x 3 seeds,
 # sequentially. Usage: scripts/kd_methods_digits.sh [ROOT=/tmp/jaxsup/kd_methods]
 set -euo pipefail
 cd "$(dirname "$0")/.."

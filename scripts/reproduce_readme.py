@@ -1,4 +1,4 @@
-"""Re-runs the fast rows of the README's experiment table; prints README value vs measured.
+"""Re-runs the fast rows of the methods table (README.md, docs/methods.md); prints stated vs measured.
 
     python scripts/reproduce_readme.py --root /tmp/jaxsup/readme            # every fast row
     python scripts/reproduce_readme.py --root R --rows vit clip_digits      # some of them
@@ -48,6 +48,8 @@ def pct(key: str, readme: str) -> Number:
 def dec(key: str, readme: str) -> Number:
     return Number(key, readme, False)
 
+
+STATED_IN = ("README.md", "docs/methods.md")
 
 ROWS = (
     Row("supervised_digits", "configs/supervised_digits.py", (),
@@ -117,16 +119,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", required=True, help="fresh directory for the runs' workdirs")
     parser.add_argument("--rows", nargs="*", choices=[r.name for r in ROWS], help="default: all fast rows")
     parser.add_argument("--reuse", action="store_true", help="read finished runs under ROOT instead of rerunning")
+    parser.add_argument("--json", help="also write {row: {key: {stated, measured, same}, wall_s}} here")
     args = parser.parse_args(argv)
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme_text = f.read()
+    readme_text = ""
+    for page in STATED_IN:  # the README's methods table and docs/methods.md state these numbers
+        with open(os.path.join(ROOT, page)) as f:
+            readme_text += f.read()
     rows = [r for r in ROWS if not args.rows or r.name in args.rows]
-    lines = []
+    lines, record = [], {}
     for row in rows:
         metrics, seconds = run_row(row, args.root, args.reuse)
         lines += report(row, metrics, seconds, readme_text)
+        record[row.name] = {"wall_s": seconds, **{
+            n.key: {"stated": n.readme, "measured": formatted(metrics[n.key], n.percent) if n.key in metrics else None}
+            for n in row.numbers}}
         print("\n".join(lines[-len(row.numbers) - 1:]), flush=True)
     print("\n" + "\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's SLA, co-teaching and LOOK rows: every arm x 3 seeds, sequentially (about 45 min on
+# docs/methods.md's SLA, co-teaching and LOOK rows: every arm x 3 seeds, sequentially (about 45 min on
 # 2 busy CPU cores). Usage: scripts/supervision_methods_digits.sh [ROOT=/tmp/jaxsup/methods]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 """The import graph runs one way: train -> experiment assembly -> tasks -> {models, losses,
-data} -> kernels (DESIGN.md). Read from the source with ast, function-level imports included."""
+data} -> kernels (docs/design.md). Read from the source with ast, function-level imports included."""
 from __future__ import annotations
 
 import ast

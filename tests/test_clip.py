@@ -61,7 +61,7 @@ def assert_leaves_close(tree, ref, rtol, what="", atol=1e-6):
 
 
 def numpy_clip_loss(zimg, ztxt, out, loss):
-    """DESIGN.md section 3 formulas in float64 NumPy."""
+    """The CLIP / SigLIP formulas (docs/kernels.md) in float64 NumPy."""
     zi, zt = np.asarray(zimg, np.float64), np.asarray(ztxt, np.float64)
     logits = np.exp(float(out["log_t"])) * zi @ zt.T
     n = len(zi)

@@ -59,3 +59,22 @@ def test_cli_refuses_bad_value_and_creates_nothing(tmp_path):
     assert lines == ["jaxsup: error: ConfigError: config.batch_size=-8 (--config.batch_size): "
                      "expected an integer in [1, inf]."]
     assert not workdir.exists()
+
+
+def test_every_task_has_its_sections_and_every_section_a_task():
+    from jaxsup import config as config_lib, registry
+
+    assert sorted(registry.names("task")) == sorted(config_lib.TASK_SECTIONS)
+    used = {s for sections in config_lib.TASK_SECTIONS.values() for s in sections}
+    assert used == set(config_lib._sections())
+
+
+def test_every_declared_range_names_a_field_some_config_has():
+    """The range table cannot drift from the config: each key (model kwargs aside) is a real field."""
+    from jaxsup import config as config_lib
+
+    bases = [config_lib.base_config(task) for task in config_lib.TASK_SECTIONS]
+    for key in config_ranges.RANGES:
+        if key.startswith(("model.", "evals.")):
+            continue  # model kwargs and evaluators are per config
+        assert any(list(config_ranges.fields_in_range(c, key)) for c in bases), key

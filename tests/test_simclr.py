@@ -59,7 +59,7 @@ def digits_images(n=16):
 
 
 def numpy_nt_xent(z1, z2, tau):
-    """DESIGN.md NT-Xent in float64 NumPy."""
+    """The NT-Xent formula (docs/kernels.md) in float64 NumPy."""
     z = np.concatenate([z1, z2]).astype(np.float64)
     n = len(z1)
     s = z @ z.T / tau

@@ -1,4 +1,4 @@
-"""Contrastive losses: CLIP softmax, SigLIP sigmoid, SimCLR NT-Xent (DESIGN.md §3).
+"""Contrastive losses: CLIP softmax, SigLIP sigmoid, SimCLR NT-Xent (formulas: docs/kernels.md).
 
 The public entry points tasks call; each is `pallas_kernels.contrastive.api`'s
 (the kernel family keeps every implementation: reference, chunked, ring,

@@ -1,4 +1,4 @@
-"""The contrastive losses; `impl=` chooses the implementation (DESIGN.md §3-4).
+"""The contrastive losses; `impl=` chooses the implementation (formulas and choice of impl: docs/kernels.md).
 
   softmax_contrastive(zimg, ztxt, log_t)     CLIP
   sigmoid_contrastive(zimg, ztxt, log_t, b)  SigLIP

@@ -1,4 +1,4 @@
-"""Fused linear KD: KD through the output head without [N, V] logits (DESIGN.md §3).
+"""Fused linear KD: KD through the output head without [N, V] logits (formulas: docs/kernels.md).
 
 `fused_linear_kd(h_s, W_s, teacher, T)` is the mean over N of
 `T^2 * D(softmax(teacher_logits / T), softmax(h_s @ W_s / T))`, the teacher

@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    create .venv if missing, install the default deps + [tb,plot], run the default experiment
 #   make test   create .venv if missing, install [test] (+ EXTRAS), run the test suite
+#   (make test-fast: the fast tier, each package's unit tests + one tiny run; make lint: ruff)
 # CI (.ci/run) runs `make test EXTRAS=interop,jpeg`: the open_clip / PyTorch equivalence tests and the
 # libjpeg-turbo window-decode tests need those extras.
 PYTHON ?= python3
@@ -13,7 +14,7 @@ comma := ,
 RUN_EXTRAS := tb,plot
 TEST_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
 
-.PHONY: run test lint install install-test clean
+.PHONY: run test test-fast lint install install-test clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ run: install
 
 test: install-test
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-fast: install-test
+	$(PY) -m pytest -q -n 2 -m "fast and not slow and not gpu" $(PYTEST_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

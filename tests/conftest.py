@@ -15,3 +15,21 @@ def nan_lr_allowed(monkeypatch):
     from jaxsup import config_ranges
 
     monkeypatch.delitem(config_ranges.RANGES, "optim.lr")
+
+
+# The fast tier (`make test-fast`, `pytest -m fast`): each package's unit tests and one tiny
+# end-to-end run, a few minutes on 2 cores. The full suite stays what CI runs.
+FAST_FILES = {
+    "test_architecture.py", "test_config.py", "test_config_ranges.py", "test_docs.py", "test_storage_errors.py",
+    "test_optim.py", "test_sharding_rules.py", "test_tokenizer.py", "test_image_ops.py", "test_weak_losses.py",
+    "test_distill_losses.py", "test_contrastive_losses.py", "test_step.py", "test_evaluators.py",
+    "test_convert.py", "test_models.py", "test_fused_linear_kd.py",
+}
+FAST_TESTS = {"test_train.py::test_final_eval_and_checkpoints_written"}  # the tiny end-to-end run
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.nodeid.split("/")[-1]
+        if name.split("::")[0] in FAST_FILES or name.split("[")[0] in FAST_TESTS:
+            item.add_marker(pytest.mark.fast)

@@ -206,8 +206,8 @@ def test_batchnorm_teacher_state_is_restored(tmp_path):
         ({"distill.teacher.path": "/nonexistent/teacher"}, "distill.teacher.path '/nonexistent/teacher' does not exist"),
         ({"distill.teacher.params_subtree": "params/encoder"}, "Sub-tree 'params/encoder' not found"),
         ({"model": dict(widths=(16,), num_classes=7)}, "outputs 10 classes but the student 'mlp' outputs 7"),
-        ({"distill.temperature": 0.0}, "distill.temperature must be > 0, got 0.0"),
-        ({"distill.temperature": -2.0}, "distill.temperature must be > 0, got -2.0"),
+        ({"distill.temperature": 0.0}, r"config.distill.temperature=0.0 \(--config.distill.temperature\): expected a finite number in \(0, inf\]"),
+        ({"distill.temperature": -2.0}, r"config.distill.temperature=-2.0 \(--config.distill.temperature\): expected a finite number in \(0, inf\]"),
         ({"distill.labelled_split": "test[:10%]"}, "labelled_split='test\\[:10%\\]' must be a leading slice"),
     ],
 )

@@ -85,7 +85,7 @@ def test_buffer_is_checkpointed_and_resume_is_exact(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"pskd.alpha_T": 1.5}, "pskd.alpha_T must lie in \\[0, 1\\], got 1.5"),
+    ({"pskd.alpha_T": 1.5}, r"config.pskd.alpha_T=1.5 \(--config.pskd.alpha_T\): expected a finite number in \[0, 1\]"),
     ({"pskd.augment": "mixup"}, "pskd.augment='mixup' is not one of"),
 ])
 def test_bad_input_names_the_cause(tmp_path, overrides, match):

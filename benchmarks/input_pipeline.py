@@ -1,7 +1,7 @@
 """Host input pipeline: images/s and images per CPU-second, and the digits train loop vs a minimal loop.
 
     python benchmarks/input_pipeline.py [--rounds 3] [--batches 30] [--jpegs 256] [--steps 300]
-    python benchmarks/input_pipeline.py --jpeg [--rounds 5] [--small 192] [--large 32] [--json out.json]
+    python benchmarks/input_pipeline.py --jpeg [--rounds 5] [--small 192] [--large 48] [--json out.json]
 
 All in one run, each measurement repeated `--rounds` times interleaved with
 the others (medians), wall time and CPU time (this process + its grain worker
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="train steps per loop measurement")
     parser.add_argument("--jpeg", action="store_true", help="only the JPEG decode comparison (jpeg_bench.py)")
     parser.add_argument("--small", type=int, default=192, help="--jpeg: 400-640 px JPEGs")
-    parser.add_argument("--large", type=int, default=32, help="--jpeg: 1000-2000 px JPEGs")
+    parser.add_argument("--large", type=int, default=48, help="--jpeg: 1000-2000 px JPEGs")
     parser.add_argument("--json", default=None, help="--jpeg: also write the report here")
     args = parser.parse_args()
     if args.jpeg:

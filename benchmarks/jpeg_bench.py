@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from jaxsup.data import image_ops, preprocess, resize, turbo_jpeg
+from jaxsup.data import image_ops, pipeline, preprocess, resize, turbo_jpeg
 
 SETS = {"400-640px": (400, 640), "1000-2000px": (1000, 2000)}
 
@@ -57,24 +57,51 @@ def threaded(fn: Callable[[list], Any], items: list, threads: int) -> None:
         list(pool.map(fn, chunks))
 
 
+def backends(extra: bool, fn: Callable[[], Any]) -> Any:
+    """fn() with the `[jpeg]` extra's paths on, or off (Pillow alone: JAXSUP_JPEG=pillow, no OpenCV)."""
+    saved = resize.optional_cv2
+    os.environ["JAXSUP_JPEG"] = "auto" if extra else "pillow"
+    if not extra:
+        resize.optional_cv2 = lambda: None
+    try:
+        return fn()
+    finally:
+        os.environ.pop("JAXSUP_JPEG", None)
+        resize.optional_cv2 = saved
+
+
 def jaxsup_case(jpegs: list[bytes], antialias: int, extra: bool, threads: int) -> Callable[[], tuple[float, float]]:
-    """jaxsup's ops (`inception_crop:224,antialias=A`, `flip_lr`) per example; extra=False: Pillow
-    alone, as before the `[jpeg]` extra (JAXSUP_JPEG=pillow, and no OpenCV for antialias=0)."""
+    """jaxsup's ops (`inception_crop:224,antialias=A`, `flip_lr`) per example, no pipeline."""
     op = preprocess.build([f"inception_crop:size=224,antialias={antialias}", "flip_lr"])
     exs = examples(jpegs)
+    return lambda: backends(extra, lambda: timed(
+        lambda: threaded(lambda chunk: [op(ex) for ex in chunk], exs, threads), len(exs)))
+
+
+def pipeline_case(jpegs: list[bytes], extra: bool, threads: int, batch: int = 16) -> Callable[[], tuple[float, float]]:
+    """The same ops (antialias on) as batches from `pipeline.train_iterator` (`threads` worker threads).
+
+    Timed from a full prefetch buffer to a full one again: `steps` batches taken, and exactly
+    `steps` made inside the window (the refill after the last `next` counted, the idle check not).
+    """
+    ops = preprocess.build(["inception_crop:224", "flip_lr", "keep:image"])
+    steps = len(jpegs) // batch
 
     def run() -> tuple[float, float]:
-        saved = resize.optional_cv2
-        os.environ["JAXSUP_JPEG"] = "auto" if extra else "pillow"
-        if not extra:
-            resize.optional_cv2 = lambda: None
-        try:
-            return timed(lambda: threaded(lambda chunk: [op(ex) for ex in chunk], exs, threads), len(exs))
-        finally:
-            os.environ.pop("JAXSUP_JPEG", None)
-            resize.optional_cv2 = saved
+        ds = pipeline.train_dataset([{"image": j} for j in jpegs], ops, batch, seed=0, process_count=1)
+        it = pipeline.train_iterator(ds, 0, 0, 1, prefetch=4, workers=threads, processes=0)
+        next(it)
+        wait_idle()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            next(it)
+        quiet = wait_idle()
+        wall, cpu = time.perf_counter() - wall - quiet, time.process_time() - cpu
+        if hasattr(it, "close"):
+            it.close()
+        return steps * batch / wall, steps * batch / max(cpu, 1e-9)
 
-    return run
+    return lambda: backends(extra, run)
 
 
 def crop_plan(jpegs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +141,19 @@ def tf_case(jpegs: list[bytes], antialias: int, threads: int) -> Callable[[], tu
     return run
 
 
+def wait_idle(quiet_s: float = 0.05, timeout_s: float = 10.0) -> float:
+    """Sleeps until this process used < 10 % of a core over `quiet_s` (a previous contender's
+    prefetch threads done), so no contender pays for another's background work; returns the
+    wall seconds of the final, quiet sleep (not work)."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(quiet_s)
+        if time.process_time() - cpu < 0.1 * quiet_s:
+            return time.perf_counter() - wall
+    return 0.0
+
+
 def timed(fn: Callable[[], Any], count: int) -> tuple[float, float]:
     """(images/s, images per CPU-second of this process) of one call of fn over `count` images."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -134,6 +174,9 @@ def cases(jpegs: list[bytes], threads: tuple[int, ...]) -> dict[str, Callable[[]
             tf_run = tf_case(jpegs, aa, t)
             if tf_run is not None:
                 out[f"tf.data        aa={aa} threads={t}"] = tf_run
+        if extra:
+            out[f"jaxsup [jpeg]  pipeline threads={t}"] = pipeline_case(jpegs, True, t)
+        out[f"jaxsup Pillow  pipeline threads={t}"] = pipeline_case(jpegs, False, t)
     return out
 
 
@@ -151,6 +194,7 @@ def run_sets(count_small: int, count_large: int, rounds: int, threads: tuple[int
         samples: dict[str, list[tuple[float, float]]] = {n: [] for n in contenders}
         for _ in range(rounds):
             for n, fn in contenders.items():
+                wait_idle()
                 samples[n].append(fn())
         report["sets"][name] = {
             "images": count, "mean_kb": statistics.mean(len(j) for j in jpegs) / 1024,

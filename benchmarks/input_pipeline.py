@@ -7,7 +7,7 @@ All in one run, each measurement repeated `--rounds` times interleaved with
 the others (medians), wall time and CPU time (this process + its grain worker
 processes, via psutil) side by side:
 
-  pipeline rows   batches from `jaxsup.data.pipeline.train_iterator` for
+  pipeline rows   batches from `jaxsup.data.loader.pipeline.train_iterator` for
                   (a) digits (the default config's ops, in-memory split),
                   (b) ~500x375 JPEGs generated here -> decode, 224 inception crop, flip,
                   (c) JPEG + caption pairs -> 224 inception crop, caption pick, byte tokens,
@@ -46,7 +46,9 @@ from PIL import Image
 
 from jaxsup import registry
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 from jaxsup.optim import make_optimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

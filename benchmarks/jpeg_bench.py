@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from jaxsup.data import image_ops, pipeline, preprocess, resize, turbo_jpeg
+from jaxsup.data.host import image_ops, preprocess, resize, turbo_jpeg
+from jaxsup.data.loader import pipeline
 
 SETS = {"400-640px": (400, 640), "1000-2000px": (1000, 2000)}
 

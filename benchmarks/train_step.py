@@ -50,7 +50,9 @@ import numpy as np
 
 from jaxsup import metrics as metrics_lib, sharding
 from jaxsup.config import load_config
-from jaxsup.data import batching, pipeline, preprocess, splits
+from jaxsup.data.loader import batching, pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import splits
 from jaxsup.experiment import build_experiment
 from jaxsup.step import TrainState
 from bench_io import write_report  # a sibling module

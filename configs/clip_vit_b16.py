@@ -4,7 +4,7 @@
     python -m jaxsup.train --config configs/clip_vit_b16.py:spm=/path/to/spm.model --workdir $WORKDIR
 
 Needs `coco_captions` and `cifar10` prepared (array_record) under
-$TFDS_DATA_DIR (jaxsup never downloads). Host (jaxsup/data/image_ops.py):
+$TFDS_DATA_DIR (jaxsup never downloads). Host (jaxsup/data/host/image_ops.py):
 train images get an inception crop (area 0.9-1) to 224x224, eval images the
 shorter side to 224 and the central 224 crop; they travel to the devices as
 uint8 and become floats in [0, 1] there. One of the ~5 captions per image is

@@ -13,7 +13,7 @@ images of one of k = 10 pseudo-classes means at most 10 images per batch. The
 learning rate is simclr_digits' 2.0 at batch 256 scaled linearly (2.0 * 10 / 256);
 1000 steps. The
 baseline is the same run with random batches (no `guide`): the same steps,
-batch and views. `data.batch_guide` (jaxsup/data/guided_batches.py) orders
+batch and views. `data.batch_guide` (jaxsup/data/loader/guided_batches.py) orders
 every epoch so that each batch holds 10 distinct pseudo-classes; an epoch then
 keeps 10 x (smallest cluster) images, a different subset each epoch.
 

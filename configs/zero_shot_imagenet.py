@@ -5,7 +5,7 @@
     python -m jaxsup.eval --config configs/zero_shot_imagenet.py:dataset=cifar100,gelu \
         --init open_clip:/ckpt/open_clip_ViT-B-32_laion2b.safetensors
 
-The 1000 ImageNet class names and CLIP's 80 prompt templates (jaxsup/data/zero_shot/,
+The 1000 ImageNet class names and CLIP's 80 prompt templates (jaxsup/data/text/zero_shot/,
 sources and licence in its NOTICE.md); each class's text embedding is the normalised mean
 of its 80 normalised prompt embeddings; top-1 / top-5 on imagenet2012 "validation" (or
 cifar10 / cifar100 "test"), which must be prepared under $TFDS_DATA_DIR (never downloaded).

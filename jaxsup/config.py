@@ -129,7 +129,7 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.data.preprocess = ("image_to_float", "label_to_int32", "keep:image,label")
     c.data.eval_preprocess = ()  # () -> same as preprocess
     c.data.prefetch = 4
-    c.data.workers = 2  # threads preparing batches (jaxsup/data/pipeline.py; measured best on 2 cores)
+    c.data.workers = 2  # threads preparing batches (jaxsup/data/loader/pipeline.py; measured best on 2 cores)
     c.data.worker_processes = 0  # grain worker processes on top (many-core hosts: sidesteps the GIL)
 
     c.batch_size = 128  # global, over all processes and devices

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsup import optim, registry, sharding
-from jaxsup.data import pipeline, splits
+from jaxsup.data.loader import pipeline
+from jaxsup.data.datasets import splits
 from jaxsup.microbatch import check_micro_batches
 from jaxsup.step import TrainState, make_train_step
 from jaxsup.tasks.base import DataInfo, Task

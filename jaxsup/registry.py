@@ -26,7 +26,7 @@ _PACKAGES = {
     "evaluator": ("jaxsup.evaluators",),
     "dataset": ("jaxsup.data",),
     # Preprocess ops are factories: registry.get("preprocess", "resize")(arg) -> op(example).
-    "preprocess": ("jaxsup.data.preprocess", "jaxsup.data.image_text"),
+    "preprocess": ("jaxsup.data.host.preprocess", "jaxsup.data.host.image_text"),
 }
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

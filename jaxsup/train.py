@@ -20,7 +20,9 @@ import numpy as np
 from absl import app, flags
 
 from jaxsup import config_ranges, checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
-from jaxsup.data import guided_batches, pipeline, preprocess, splits
+from jaxsup.data.loader import guided_batches, pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import splits
 from jaxsup.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger("jaxsup")

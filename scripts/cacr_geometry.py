@@ -50,8 +50,8 @@ def run_geometry(spec: str, workdir: str, seed: int) -> dict[str, float]:
 
     from jaxsup import experiment, sharding
     from jaxsup.config import load_config
-    from jaxsup.data.augment import simclr_augment
-    from jaxsup.data.pipeline import eval_global_batches
+    from jaxsup.data.device.augment import simclr_augment
+    from jaxsup.data.loader.pipeline import eval_global_batches
     from jaxsup.eval import abstract_variables, restored_variables
 
     path, _, arg = spec.partition(":")

@@ -6,7 +6,7 @@
 --run is a finished run of task "simclr" (its encoder: params/encoder,
 task_state/encoder; model from its config.json). Every example of the
 config's train split is embedded, L2-normalised and clustered into k classes
-(`jaxsup.data.guided_batches.kmeans`); the .npz is what config.data.batch_guide
+(`jaxsup.data.loader.guided_batches.kmeans`); the .npz is what config.data.batch_guide
 names (`:guide=PATH` in gsimclr_digits.py). Prints the cluster sizes, the
 examples an epoch keeps, and, where the split has labels, the clusters' purity
 and the share of negative pairs in a batch that are of one true class
@@ -31,7 +31,7 @@ def encoder_features(run: str, data_cfg, split: str, batch_size: int) -> dict[st
 
     from jaxsup import sharding
     from jaxsup.config import teacher_spec
-    from jaxsup.data.pipeline import eval_global_batches
+    from jaxsup.data.loader.pipeline import eval_global_batches
     from jaxsup.tasks.common import FrozenModel
 
     mesh = sharding.make_mesh((("data", -1),))
@@ -62,8 +62,8 @@ def same_class_negative_share(blocks: np.ndarray, labels: np.ndarray) -> float:
 
 def report(guide: np.ndarray, labels: np.ndarray | None, batch: int, seed: int) -> dict[str, float]:
     """Cluster statistics and, with true labels, false-negative shares (random vs guided, epoch 0)."""
-    from jaxsup.data.guided_batches import GuidedOrder
-    from jaxsup.data.pipeline import epoch_order
+    from jaxsup.data.loader.guided_batches import GuidedOrder
+    from jaxsup.data.loader.pipeline import epoch_order
 
     order = GuidedOrder(guide, batch)
     stats = {"k": int(len(order.classes)), "cluster_sizes": np.bincount(guide).tolist(),
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from jaxsup.config import load_config
-    from jaxsup.data.guided_batches import kmeans, save_guide
+    from jaxsup.data.loader.guided_batches import kmeans, save_guide
 
     config = load_config(args.config if os.path.isabs(args.config) else os.path.join(ROOT, args.config))
     data = encoder_features(args.run, config.data, config.data.train_split, 360)

@@ -25,6 +25,12 @@ LAYERS = {
     "jaxsup.train": 9, "jaxsup.eval": 9, "jaxsup.export": 9,
     "jaxsup.w2s": 10,
 }
+# Inside jaxsup.data, rooms by role: a room imports only lower rooms (same layer: not each other).
+DATA_ROOMS = {
+    "jaxsup.data.text": 0, "jaxsup.data.device": 0, "jaxsup.data.labels": 0, "jaxsup.data.datasets": 0,
+    "jaxsup.data.host": 1, "jaxsup.data.convert": 1,
+    "jaxsup.data.loader": 2,
+}
 # Inside jaxsup.tasks a task imports only these shared modules, never another task.
 TASK_SHARED = ("jaxsup.tasks.base", "jaxsup.tasks.common")
 
@@ -41,6 +47,26 @@ def group_of(module: str) -> str:
         if module == prefix or module.startswith(prefix + "."):
             return prefix
     raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in {__file__}")
+
+
+def room_of(module: str) -> str:
+    """The jaxsup.data room of a data module (the package module itself is room-less)."""
+    for room in DATA_ROOMS:
+        if module == room or module.startswith(room + "."):
+            return room
+    if module == "jaxsup.data":
+        return module
+    raise AssertionError(f"{module} is in no room of jaxsup.data: add it to DATA_ROOMS in {__file__}")
+
+
+def room_violation(src: str, dst: str) -> str | None:
+    """Why the import src -> dst (both in jaxsup.data) breaks the room order, or None."""
+    r_src, r_dst = room_of(src), room_of(dst)
+    if r_src == r_dst or "jaxsup.data" in (r_src, r_dst):
+        return None
+    if DATA_ROOMS[r_dst] >= DATA_ROOMS[r_src]:
+        return f"{r_src} (room layer {DATA_ROOMS[r_src]}) imports {r_dst} (room layer {DATA_ROOMS[r_dst]})"
+    return None
 
 
 def imports_of(path: str, module: str, modules: set[str]) -> set[str]:
@@ -94,7 +120,7 @@ def violation(src: str, dst: str) -> str | None:
         is_task = g_src == "jaxsup.tasks" and src not in TASK_SHARED
         if is_task and dst not in (*TASK_SHARED, "jaxsup.tasks"):
             return "a task imports another task (shared helpers live in jaxsup.tasks.common)"
-        return None
+        return room_violation(src, dst) if g_src == "jaxsup.data" else None
     if LAYERS[g_dst] >= LAYERS[g_src]:
         return f"{g_src} (layer {LAYERS[g_src]}) imports {g_dst} (layer {LAYERS[g_dst]})"
     return None
@@ -150,10 +176,18 @@ def test_no_package_cycles():
     ("jaxsup.losses.gradcache", "jaxsup.step"),  # upward
     ("jaxsup.tasks.simclr", "jaxsup.tasks.clip"),  # task -> task
     ("pallas_kernels.contrastive.reference", "jaxsup.losses.contrastive"),
-    ("jaxsup.models.vit", "jaxsup.data.augment"),  # peers
+    ("jaxsup.models.vit", "jaxsup.data.device.augment"),  # peers
+    ("jaxsup.data.host.image_ops", "jaxsup.data.loader.pipeline"),  # data room upward
+    ("jaxsup.data.device.augment", "jaxsup.data.host.image_ops"),  # data rooms, same layer
 ])
 def test_the_checker_catches_a_wrong_edge(src, dst):
     assert violation(src, dst)
+
+
+def test_every_data_module_is_in_a_room():
+    for module in MODULES:
+        if module.startswith("jaxsup.data"):
+            room_of(module)
 
 
 def test_the_checker_finds_a_cycle():

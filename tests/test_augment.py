@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxsup.data import augment as aug
+from jaxsup.data.device import augment as aug
 
 KEY = jax.random.key(0)
 

@@ -11,7 +11,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxsup import sharding
 from jaxsup.experiment import build_task
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, apply_overrides, few_steps

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsup.data import convert, convert_inputs, pipeline, preprocess, shards, splits
+from jaxsup.data.convert import cli as convert, inputs as convert_inputs
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import shards, splits
 from jaxsup.errors import DataError
 
 
@@ -237,7 +240,7 @@ def test_cli_prints_the_summary(webdataset_dir, tmp_path, capsys):
 
 
 def test_a_missing_tfds_dataset_names_what_prepares_it(tmp_path):
-    from jaxsup.data import sources
+    from jaxsup.data.datasets import sources
 
     with pytest.raises(DataError, match=r"jaxsup\[tf\].*tfds build imagenet2012 .*--manual_dir.*jaxsup\.data\.convert"):
         sources.open_source("imagenet2012", "train", str(tmp_path))

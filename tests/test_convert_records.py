@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from jaxsup.data import convert
+from jaxsup.data.convert import cli as convert
 from jaxsup.errors import DataError
 
 from helpers import ROOT

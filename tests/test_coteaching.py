@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT, apply_overrides, read_metrics
 from jaxsup import sharding
 from jaxsup.config import load_config
-from jaxsup.data import noise
+from jaxsup.data.labels import noise
 from jaxsup.errors import ConfigError
 from jaxsup.experiment import build_task
 from jaxsup.losses import noisy

@@ -8,7 +8,9 @@ import pytest
 
 from jaxsup import checkpoint, sharding
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 from jaxsup.evaluators.distill import DistillEvaluator
 from jaxsup.config import teacher_spec
 from jaxsup.experiment import build_task

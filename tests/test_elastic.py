@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsup.data import pipeline, preprocess, splits
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import splits
 from jaxsup.errors import CheckpointError
 from jaxsup.train import train_and_evaluate
 

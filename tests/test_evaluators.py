@@ -5,7 +5,10 @@ import pytest
 
 from jaxsup import registry, sharding
 from jaxsup.config import base_config
-from jaxsup.data import digits, image_text, pipeline, preprocess, sources, tokenizer
+from jaxsup.data.datasets import digits, sources
+from jaxsup.data.host import image_text, preprocess
+from jaxsup.data.loader import pipeline
+from jaxsup.data.text import tokenizer
 from jaxsup.evaluators import features, knn, linear_probe, retrieval, zero_shot
 
 RNG = np.random.default_rng(0)

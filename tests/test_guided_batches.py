@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxsup.config import base_config
-from jaxsup.data import guided_batches as G
-from jaxsup.data import pipeline, preprocess
+from jaxsup.data.loader import guided_batches as G
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
 from jaxsup.errors import ConfigError, DataError
 
 SIZES = (9, 3, 7, 5, 2, 6)  # k = 6 pseudo-classes of 32 examples

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsup.data import image_ops, preprocess, randaugment
+from jaxsup.data.host import image_ops, preprocess, randaugment
 from jaxsup.errors import DataError
 
 RNG_KEY = preprocess.RNG_KEY

@@ -4,7 +4,10 @@ import io
 import numpy as np
 import pytest
 
-from jaxsup.data import digits, image_text, pipeline, preprocess, sources, tokenizer
+from jaxsup.data.datasets import digits, sources
+from jaxsup.data.host import image_text, preprocess
+from jaxsup.data.loader import pipeline
+from jaxsup.data.text import tokenizer
 
 
 def _digit_example(label: int, seed: int = 0) -> dict:

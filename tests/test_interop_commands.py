@@ -19,7 +19,7 @@ import pytest
 
 from jaxsup import checkpoint, eval as eval_lib, experiment, export, sharding
 from jaxsup.config import load_config
-from jaxsup.data import pipeline
+from jaxsup.data.loader import pipeline
 from jaxsup.errors import CheckpointError, ConfigError
 from jaxsup.interop import convert
 

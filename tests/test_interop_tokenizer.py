@@ -8,8 +8,8 @@ pytest.importorskip("ftfy")
 pytest.importorskip("regex")
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
-from jaxsup.data.clip_bpe import ClipBpeTokenizer  # noqa: E402
-from jaxsup.data.tokenizer import get_tokenizer  # noqa: E402
+from jaxsup.data.text.clip_bpe import ClipBpeTokenizer  # noqa: E402
+from jaxsup.data.text.tokenizer import get_tokenizer  # noqa: E402
 from jaxsup.errors import ConfigError  # noqa: E402
 
 CORPUS = [

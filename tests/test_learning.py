@@ -149,7 +149,7 @@ W2S_AUX_BAR = 0.4  # the aux-loss student is slower: measured 0.51, 0.69, 0.66 (
 @pytest.fixture(scope="session")
 def w2s(tmp_path_factory):
     """One seed of configs/w2s_digits.py: weak MLP (its 60 steps), then ceiling / students shortened."""
-    from jaxsup import w2s as w2s_lib
+    from jaxsup.w2s import pipeline as w2s_lib
 
     c = load_config(os.path.join(ROOT, "configs", "w2s_digits.py"))
     for name, stage in c.stages.items():

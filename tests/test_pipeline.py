@@ -1,7 +1,9 @@
 """grain pipeline: split indices, per-process slices, deterministic order."""
 import numpy as np
 
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 
 PRE = preprocess.build(["image_to_float", "label_to_int32", "keep:image,label"])
 

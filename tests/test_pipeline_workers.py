@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, read_metrics, restored_params, run_cli, tiny_supervised_config, train_losses
-from jaxsup.data import batching, pipeline, preprocess, sources
+from jaxsup.data.loader import batching, pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 
 JPEG_OPS = ("decode", "inception_crop:size=24,scale_min=0.3", "flip_lr", "randaugment:num_layers=1,magnitude=5",
             "label_to_int32", "keep:image,label")

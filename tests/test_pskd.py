@@ -9,7 +9,9 @@ import pytest
 
 from jaxsup import checkpoint, sharding
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 from jaxsup.experiment import build_task
 from jaxsup.tasks.pskd import PREV_PROBS
 from jaxsup.train import train_and_evaluate

@@ -20,7 +20,9 @@ from tensorflow_datasets.object_detection import coco
 from tensorflow_datasets.testing import mocking
 
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, splits
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import splits
 from jaxsup.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxsup import registry, sharding
 from jaxsup.experiment import build_task
 from jaxsup.config import load_config
-from jaxsup.data import pipeline, preprocess, sources
+from jaxsup.data.loader import pipeline
+from jaxsup.data.host import preprocess
+from jaxsup.data.datasets import sources
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, apply_overrides, few_steps
@@ -96,7 +98,7 @@ def test_chunked_and_ring_nt_xent_equal_reference_on_8_devices():
     images = digits_images()
     task, params, state, ref, ref_grads = loss_and_grads("reference", images, mesh)
     # The same two views and embeddings as loss_fn, then the NumPy formula.
-    from jaxsup.data.augment import simclr_augment
+    from jaxsup.data.device.augment import simclr_augment
 
     @jax.jit
     def embeddings(images):
@@ -176,7 +178,7 @@ def test_imagenet_config_loads_and_runlocal_keeps_family_loss_and_data():
 @pytest.mark.parametrize("loss", ["nt_xent", "cacr"])
 def test_k_views_loss_equals_numpy_on_the_tasks_embeddings(loss):
     """K = 3 views: NT-Xent is the mean over the 3 view pairs; CACR the NumPy formula over all 3."""
-    from jaxsup.data.augment import simclr_augment
+    from jaxsup.data.device.augment import simclr_augment
     from test_cacr import np_cacr
 
     images = digits_images(8)

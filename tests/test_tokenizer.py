@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxsup.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
+from jaxsup.data.text.tokenizer import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
 
 TEXTS = ["a photo of the digit seven", "", "héllo wörld ✓", "x" * 40]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxsup import checkpoint
-from jaxsup.data import sources
+from jaxsup.data.datasets import sources
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, read_metrics, restored_params, run_cli, tiny_supervised_config, train_losses
@@ -100,7 +100,7 @@ def test_dataset_missing_from_tfds_data_dir(tmp_path, monkeypatch):
 
 
 def test_tfds_path_reads_a_locally_built_dataset(tmp_path):
-    from jaxsup.data import digits
+    from jaxsup.data.datasets import digits
 
     digits.prepare(str(tmp_path))  # Built locally into a TFDS data dir.
     builder = sources.prepared_tfds_builder("digits", str(tmp_path))

@@ -1,4 +1,4 @@
-"""libjpeg-turbo window decode (jaxsup/data/turbo_jpeg.py) against the Pillow path of the same ops.
+"""libjpeg-turbo window decode (jaxsup/data/host/turbo_jpeg.py) against the Pillow path of the same ops.
 
 Each comparison runs an op twice on the same bytes and (seed, epoch, index): once as installed
 (turbo where it applies) and once with JAXSUP_JPEG=pillow. Tolerances (mean abs diff per pixel,
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsup.data import preprocess, resize, turbo_jpeg
+from jaxsup.data.host import preprocess, resize, turbo_jpeg
 from jaxsup.errors import DataError
 
 RNG_KEY = preprocess.RNG_KEY

@@ -15,8 +15,9 @@ from helpers import apply_overrides, ROOT, read_metrics, restored_params, tiny_s
 from jaxsup import sharding
 from jaxsup.config import load_config
 from jaxsup.experiment import build_task
-from jaxsup.evaluators import pgr
-from jaxsup.data import splits, weak_labels
+from jaxsup.w2s import pgr
+from jaxsup.data.datasets import splits
+from jaxsup.data.labels import weak_labels
 from jaxsup.train import train_and_evaluate
 
 CONFIG = os.path.join(ROOT, "configs/w2s_digits.py")
@@ -78,7 +79,7 @@ def test_disjoint_splits_pass_and_ranges_are_absolute():
 
 def test_pipeline_with_overlapping_splits_raises_before_training(tmp_path):
     c = tiny_pipeline_config(**{"splits.weak": "train[:60%]"})
-    from jaxsup import w2s
+    from jaxsup.w2s import pipeline as w2s
 
     with pytest.raises(ValueError, match="Splits overlap"):
         w2s.run_pipeline(c, str(tmp_path))
@@ -93,7 +94,7 @@ def test_student_split_overlapping_weak_split_raises(tmp_path):
 
 
 def test_stage_configs_get_seed_splits_and_paths():
-    from jaxsup import w2s
+    from jaxsup.w2s import pipeline as w2s
 
     c = tiny_pipeline_config(**{"strong_init.path": "/runs/simclr", "splits.test": "train[90%:]"})
     for stage in ("weak", "ceiling", "student", "student_aux"):
@@ -246,7 +247,7 @@ def test_report_without_matplotlib_still_writes_json_and_markdown(tmp_path, monk
 # ------------------------------------------------------------ smoke pipeline
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from jaxsup import w2s
+    from jaxsup.w2s import pipeline as w2s
 
     workdir = str(tmp_path_factory.mktemp("w2s"))
     return workdir, w2s.run_pipeline(tiny_pipeline_config(), workdir, seeds=[0])
@@ -276,7 +277,8 @@ def test_smoke_pipeline_weak_labels_are_the_weak_models_softmax(smoke_run):
         probs, index, split = f["probs"], f["index"], str(f["split"])
     assert split == B_SPLIT and sorted(index) == list(range(719))
     # Independent recomputation: the weak MLP's params applied with NumPy to split B.
-    from jaxsup.data import preprocess, sources
+    from jaxsup.data.host import preprocess
+    from jaxsup.data.datasets import sources
 
     src = sources.open_source("digits", B_SPLIT)
     pre = preprocess.build(("image_to_float", "label_to_int32", "keep:image,label"))

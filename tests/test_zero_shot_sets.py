@@ -8,7 +8,8 @@ import pytest
 
 from jaxsup import registry, sharding
 from jaxsup.config import base_config, load_config
-from jaxsup.data import class_names, image_text, tokenizer
+from jaxsup.data.text import class_names, tokenizer
+from jaxsup.data.host import image_text
 from jaxsup.errors import ConfigError
 
 from helpers import ROOT

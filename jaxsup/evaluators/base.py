@@ -6,7 +6,7 @@ An evaluator subclasses `Evaluator`, is registered with
 data_cfg = config.data), and `evaluate(predict)` returns a dict of metrics,
 where `predict(batch)` maps a global batch to the task's outputs (e.g.
 {"logits": [B, K]}). Evaluators read data through `self.batches(split)`
-(jaxsup.data.pipeline.eval_global_batches) and never import tasks. An entry
+(jaxsup.data.loader.pipeline.eval_global_batches) and never import tasks. An entry
 may name its own dataset: cfg.dataset (+ cfg.data_dir) and cfg.preprocess
 override config.data for that evaluator only.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 
-from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.data.loader.pipeline import eval_global_batches
 
 Predict = Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
 

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxsup.data import pipeline, shards, sources
-from jaxsup.data.pipeline import eval_global_batches
+from jaxsup.data.loader import pipeline
+from jaxsup.data.datasets import shards, sources
+from jaxsup.data.loader.pipeline import eval_global_batches
 from jaxsup.evaluators.base import Evaluator, Predict, eval_data_config  # noqa: F401 (re-exported)
 from jaxsup.errors import ConfigError, DataError
 

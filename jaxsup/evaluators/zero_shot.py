@@ -7,7 +7,7 @@ normalised text embeddings. Images of the split -> predict({"image"}) ->
 class has fewer than k strictly higher scores) and count.
 
 cfg fields: split, batch_size, templates (a set name of
-jaxsup.data.image_text.TEMPLATE_SETS, default "digits_heldout", e.g.
+jaxsup.data.host.image_text.TEMPLATE_SETS, default "digits_heldout", e.g.
 "openai_imagenet" for CLIP's 80 ImageNet prompts, or a list of "...{name}..."
 strings), class_names (a set name of CLASS_NAME_SETS: "imagenet2012",
 "cifar10", "cifar100", "digits"; or a list; default: the names of the
@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxsup import registry
-from jaxsup.data import image_text
+from jaxsup.data.host import image_text
 from jaxsup.errors import DataError
 from jaxsup.evaluators.base import Predict
 from jaxsup.evaluators.features import (

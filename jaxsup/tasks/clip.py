@@ -40,7 +40,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxsup import registry, sharding
-from jaxsup.data.tokenizer import get_tokenizer
+from jaxsup.data.text.tokenizer import get_tokenizer
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import clip_kd, contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches

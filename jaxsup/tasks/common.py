@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxsup import checkpoint, registry, sharding
-from jaxsup.data import augment
+from jaxsup.data.device import augment
 from jaxsup.errors import ConfigError
 from jaxsup.interop import convert
 from jaxsup.losses.classification import classification_metrics

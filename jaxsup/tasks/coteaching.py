@@ -1,7 +1,7 @@
 """Co-teaching for noisy labels (Han et al. 2018), task "coteaching", with optional feature
 compression by dropout (Chen et al. 2022).
 
-Training labels are corrupted deterministically (`jaxsup.data.noise`, config.label_noise:
+Training labels are corrupted deterministically (`jaxsup.data.labels.noise`, config.label_noise:
 rate, kind "symmetric" | "pair", seed) from the example's position "index" in the
 split; the clean "label" is read only for monitoring (`label_precision`: the share of
 the rows each net selects whose observed label is the true one). Evaluation uses
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsup import registry
-from jaxsup.data import noise
+from jaxsup.data.labels import noise
 from jaxsup.errors import ConfigError
 from jaxsup.losses import noisy
 from jaxsup.tasks.base import DataInfo, Task

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from jaxsup import checkpoint, registry, sharding
-from jaxsup.data import image_text
+from jaxsup.data.host import image_text
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import prompt_kd
 from jaxsup.tasks.base import DataInfo, Task

@@ -4,7 +4,7 @@ Encoder: any registered image model (`config.model_name`, `config.model`;
 set num_classes=None so it returns features [B, D]); projection head:
 `jaxsup.models.heads.SimCLRHead(**config.simclr.head)`. Batch: {"image":
 [N, H, W, C] float in [0, 1]}; labels are never read. The K views come from
-`jaxsup.data.augment.simclr_augment` with keys split from the step RNG, and
+`jaxsup.data.device.augment.simclr_augment` with keys split from the step RNG, and
 are encoded in one forward pass ([K N, ...], so BatchNorm statistics are over
 all views of the global batch). The configs use LARS (config.optim.name), as
 SimCLR does.
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsup import registry
-from jaxsup.data.augment import simclr_augment
+from jaxsup.data.device.augment import simclr_augment
 from jaxsup.losses import contrastive
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.models.two_tower import l2_normalize

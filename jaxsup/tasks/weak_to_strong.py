@@ -4,9 +4,9 @@ A strong model is trained on split B with the soft labels a weak supervisor
 (trained on a disjoint split A) gave to B; the true labels of B are never
 read by the loss (the student configs drop them from the train batches).
 The whole pipeline (weak -> labels -> ceiling -> students -> PGR report) is
-`python -m jaxsup.w2s` (jaxsup/w2s.py).
+`python -m jaxsup.w2s` (jaxsup/w2s/pipeline.py).
 
-Weak labels: the .npz of `jaxsup.data.weak_labels` (probs [N, K], index [N],
+Weak labels: the .npz of `jaxsup.data.labels.weak_labels` (probs [N, K], index [N],
 split, dataset). The task reorders them by index into a table [N, K] that is placed,
 replicated, in `frozen["weak_probs"]` (N*K*4 bytes per device: fine for
 digits/CIFAR, a data-pipeline join would be the way for ImageNet-size N*K),
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsup import registry, sharding
-from jaxsup.data import splits, weak_labels
+from jaxsup.data.datasets import splits
+from jaxsup.data.labels import weak_labels
 from jaxsup.errors import ConfigError
 from jaxsup.losses import weak as weak_losses
 from jaxsup.tasks.base import DataInfo

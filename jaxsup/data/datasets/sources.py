@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from jaxsup import registry
-from jaxsup.data import digits
+from jaxsup.data.datasets import digits
 from jaxsup.errors import DataError
 
 log = logging.getLogger("jaxsup")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsup.data.token_ids import PAD_ID, content_ids, pack
+from jaxsup.data.text.token_ids import PAD_ID, content_ids, pack
 from jaxsup.errors import ConfigError, DataError
 
 
@@ -95,7 +95,7 @@ Tokenizer = ByteTokenizer | SentencePieceTokenizer
 
 def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
     """"bytes" -> ByteTokenizer; "clip", "clip:PATH" or a path ending in .txt.gz -> the CLIP BPE
-    (jaxsup/data/clip_bpe.py); a path to a SentencePiece .model -> SentencePieceTokenizer.
+    (jaxsup/data/text/clip_bpe.py); a path to a SentencePiece .model -> SentencePieceTokenizer.
 
     add_bos None keeps each tokenizer's default (bytes: True, SentencePiece: False).
     """
@@ -103,7 +103,7 @@ def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
     if name_or_path == "bytes":
         return ByteTokenizer(**kwargs)
     if name_or_path == "clip" or name_or_path.startswith("clip:") or name_or_path.endswith(".txt.gz"):
-        from jaxsup.data.clip_bpe import ClipBpeTokenizer  # noqa: PLC0415 (needs ftfy + regex)
+        from jaxsup.data.text.clip_bpe import ClipBpeTokenizer  # noqa: PLC0415 (needs ftfy + regex)
 
         if add_bos is False:
             raise ConfigError("The CLIP tokenizer always starts with its SOT token (add_bos=False is not supported).")

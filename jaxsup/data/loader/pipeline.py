@@ -3,9 +3,9 @@
 Train: the stream is epoch after epoch of the split, each epoch in its own
 permutation drawn from (seed, epoch) (`epoch_order`; with `guide`, pseudo-classes
 of the examples, an order in which no global batch holds two examples of one
-class: `jaxsup.data.guided_batches`); local batch k holds
+class: `jaxsup.data.loader.guided_batches`); local batch k holds
 stream positions [k L, (k + 1) L) and is read and preprocessed as a whole
-(`jaxsup.data.batching.read_batch`: batched reads, per-example ops seeded by
+(`jaxsup.data.loader.batching.read_batch`: batched reads, per-example ops seeded by
 (seed, epoch, index), batched ops). Batch k is a pure function of (seed, k). Every batch carries
 "index" [L] int32, each example's position in the split, so tasks can keep
 per-example state. Global batch `s` is the concatenation of local batches
@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jaxsup.data import batching, guided_batches, preprocess as preprocess_lib, splits
+from jaxsup.data.loader import batching, guided_batches
+from jaxsup.data.host import preprocess as preprocess_lib
+from jaxsup.data.datasets import splits
 from jaxsup.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]

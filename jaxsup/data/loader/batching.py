@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxsup.data.preprocess import RNG_KEY, Example, Preprocess, host_only
+from jaxsup.data.host.preprocess import RNG_KEY, Example, Preprocess, host_only
 from jaxsup.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -71,7 +71,7 @@ _CACHE_LOCK = threading.Lock()
 def in_memory(source: Any, max_bytes: int = IN_MEMORY_MAX_BYTES) -> Any:
     """`source` as an InMemorySource if it is a small split of fixed-shape numeric features, else `source`.
 
-    Decoded once per process and source object (TFDS sources are opened once, jaxsup.data.splits).
+    Decoded once per process and source object (TFDS sources are opened once, jaxsup.data.datasets.splits).
     """
     if isinstance(source, InMemorySource) or len(source) == 0:
         return source

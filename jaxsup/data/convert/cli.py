@@ -43,8 +43,9 @@ from typing import Any
 from PIL import Image, ImageFile
 
 from jaxsup import workdir as workdir_lib
-from jaxsup.data import convert_inputs as inputs, shards
-from jaxsup.data.convert_inputs import Item, Job
+from jaxsup.data.convert import inputs
+from jaxsup.data.datasets import shards
+from jaxsup.data.convert.inputs import Item, Job
 from jaxsup.errors import DataError, JaxsupError
 
 PLAN = "convert.json"

@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from jaxsup.data.image_ops import as_channels, example_name, get_image, op_args, to_array
-from jaxsup.data.preprocess import Example, example_rng, register_op
+from jaxsup.data.host.image_ops import as_channels, example_name, get_image, op_args, to_array
+from jaxsup.data.host.preprocess import Example, example_rng, register_op
 from jaxsup.errors import ConfigError
 
 MAX_MAGNITUDE = 10.0

@@ -10,7 +10,7 @@ Host preprocess ops (names in config.data.preprocess; arguments "k=v,k=v"):
   caption of a (nested, "/"-separated) feature holding one or several captions
   (TFDS coco_captions: "captions/text").
 - `tokenize:max_len=48,tokenizer=bytes` -> "tokens" int32 [max_len] from "text"
-  (`jaxsup.data.tokenizer`: "bytes", or a path to a SentencePiece .model).
+  (`jaxsup.data.text.tokenizer`: "bytes", or a path to a SentencePiece .model).
 - `resize:224` -> "image" uint8 [224, 224, C]: decodes encoded bytes (PNG/JPEG,
   with Pillow) if needed and resizes (bilinear).
 
@@ -27,8 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsup.data import class_names, digits, image_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
-from jaxsup.data.preprocess import Example, register_op
+from jaxsup.data.text import class_names, tokenizer
+from jaxsup.data.datasets import digits
+from jaxsup.data.host import image_ops, randaugment  # noqa: F401 (importing registers the image ops)
+from jaxsup.data.host.preprocess import Example, register_op
 from jaxsup.errors import ConfigError, DataError
 
 # Captions the digits CLIP/SigLIP runs train on.
@@ -68,7 +70,7 @@ TEMPLATE_SETS = {
     "digits_train": DIGITS_TRAIN_TEMPLATES,
     "digits_heldout": DIGITS_HELDOUT_TEMPLATES,
     "generic": GENERIC_TEMPLATES,
-    # CLIP's 80 ImageNet prompts (jaxsup/data/zero_shot/NOTICE.md: source, licence).
+    # CLIP's 80 ImageNet prompts (jaxsup/data/text/zero_shot/NOTICE.md: source, licence).
     **{name: class_names.templates(name) for name in class_names.TEMPLATE_FILES},
 }
 # Label-order class names: imagenet2012 (CLIP's 1000 cleaned names), cifar10, cifar100.

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsup.data.token_ids import PAD_ID, content_ids, pack
+from jaxsup.data.text.token_ids import PAD_ID, content_ids, pack
 from jaxsup.errors import ConfigError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"

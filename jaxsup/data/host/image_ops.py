@@ -11,7 +11,7 @@ Ops (names in config.data.preprocess; arguments "k=v,k=v", or one bare value):
   crop of the clamped aspect, as torchvision/TF), resized (bilinear, antialiased).
   JPEG bytes are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
   leaves the crop at least `size` pixels; with libjpeg-turbo 3 (the `[jpeg]` extra,
-  jaxsup/data/turbo_jpeg.py) only the crop window's rows and columns are decoded,
+  jaxsup/data/host/turbo_jpeg.py) only the crop window's rows and columns are decoded,
   Pillow otherwise (and for non-JPEG, CMYK, progressive, 12-bit or damaged files).
 - `resize_small:256` -> the shorter side resized to 256, aspect kept (JPEG: DCT scaling).
 - `central_crop:224` -> the central 224 x 224 window (smaller images are resized up first).
@@ -36,9 +36,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from jaxsup.data import turbo_jpeg
-from jaxsup.data.resize import resize_window
-from jaxsup.data.preprocess import RNG_KEY, Example, example_rng, register_op
+from jaxsup.data.host import turbo_jpeg
+from jaxsup.data.host.resize import resize_window
+from jaxsup.data.host.preprocess import RNG_KEY, Example, example_rng, register_op
 from jaxsup.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

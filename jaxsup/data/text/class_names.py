@@ -3,8 +3,8 @@
     names("imagenet2012")           -> 1000 names in label order
     templates("openai_imagenet")    -> the 80 OpenAI prompt templates ("a photo of a {name}.")
 
-The files live in jaxsup/data/zero_shot/ (one entry per line); their sources and licences
-are in jaxsup/data/zero_shot/NOTICE.md.
+The files live in jaxsup/data/text/zero_shot/ (one entry per line); their sources and licences
+are in jaxsup/data/text/zero_shot/NOTICE.md.
 """
 from __future__ import annotations
 

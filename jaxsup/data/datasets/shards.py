@@ -1,6 +1,6 @@
 """Converted datasets: array_record shards of msgpack records, read as a random-access source.
 
-Written by `python -m jaxsup.data.convert` (jaxsup/data/convert.py), read when
+Written by `python -m jaxsup.data.convert` (jaxsup/data/convert/cli.py), read when
 `config.data.path` is set (instead of a TFDS name). Layout of one dataset:
 
     <path>/<split>/shard-00000.array_record   records: msgpack {"image": bytes, "caption": str,
@@ -89,7 +89,7 @@ def open_split(path: str, split: str) -> ShardSource:
 
 
 def split_ranges(path: str, split: str) -> list[tuple[str, int, int]]:
-    """[(split, start, stop)] of a split string over a converted dataset (as jaxsup.data.splits.split_ranges)."""
+    """[(split, start, stop)] of a split string over a converted dataset (as jaxsup.data.datasets.splits.split_ranges)."""
     instruction = tfds.core.ReadInstruction.from_spec(split)
     names = {part.split("[")[0].strip() for part in split.split("+")}
     sizes = {n: types.SimpleNamespace(num_examples=read_split_info(path, n)["num_examples"]) for n in names}

@@ -12,7 +12,7 @@ Per seed s, in DIR/seed_<s>/:
 Each stage is a normal jaxsup.train run in its own workdir, so a killed
 pipeline resumes where it stopped (finished stages only re-evaluate). Splits
 are checked pairwise disjoint before anything trains. Then
-DIR/report.{json,md,png} (jaxsup.evaluators.pgr) hold the test accuracies and
+DIR/report.{json,md,png} (jaxsup.w2s.pgr) hold the test accuracies and
 PGR = (acc_w2s - acc_weak) / (acc_ceiling - acc_weak), averaged over seeds.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ from absl import app, flags
 
 from jaxsup import cli, sharding
 from jaxsup.config import teacher_spec
-from jaxsup.data.pipeline import eval_global_batches
-from jaxsup.data.splits import check_disjoint_splits
-from jaxsup.data.weak_labels import save_weak_labels
+from jaxsup.data.loader.pipeline import eval_global_batches
+from jaxsup.data.datasets.splits import check_disjoint_splits
+from jaxsup.data.labels.weak_labels import save_weak_labels
 from jaxsup.errors import ConfigError
-from jaxsup.evaluators import pgr
+from jaxsup.w2s import pgr
 from jaxsup.tasks.common import FrozenModel
 from jaxsup.train import train_and_evaluate
 
@@ -142,7 +142,7 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict[str, float]:
 
 
 def run_pipeline(config: Any, workdir: str, seeds: Sequence[int] | None = None) -> dict[str, Any]:
-    """All seeds, then the report in workdir; returns the summary (see jaxsup.evaluators.pgr)."""
+    """All seeds, then the report in workdir; returns the summary (see jaxsup.w2s.pgr)."""
     workdir = os.path.abspath(workdir)
     check_pipeline(config)
     seeds = list(config.seeds if seeds is None else seeds)
@@ -173,7 +173,3 @@ def main(argv) -> None:
     cli.setup_logging()
     run_pipeline(FLAGS.config, FLAGS.workdir, parse_seeds(FLAGS.seeds))
 
-
-if __name__ == "__main__":
-    define_flags()
-    cli.run(main)

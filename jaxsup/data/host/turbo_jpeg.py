@@ -6,7 +6,7 @@ Only the rows and columns of a window are decoded (tj3SetCroppingRegion), at a D
 The library: the `turbojpeg` wheel (`pip install 'jaxsup[jpeg]'`) ships libturbojpeg 3 as a
 shared object, used here through its C API; a system libturbojpeg with the tj3 functions
 (libjpeg-turbo >= 3.0) is used otherwise. Without either, or with JAXSUP_JPEG=pillow in the
-environment, `available()` is False and jaxsup/data/image_ops.py decodes with Pillow.
+environment, `available()` is False and jaxsup/data/host/image_ops.py decodes with Pillow.
 
 Everything here answers None where the caller should take the Pillow path instead: not a
 JPEG, CMYK/YCCK, 12-bit, lossless, progressive, unusual subsampling, no EOI marker at the end

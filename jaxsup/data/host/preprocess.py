@@ -4,7 +4,7 @@ Each op maps an example dict of NumPy arrays to a new dict. Ops are written
 "name" or "name:arg" and applied left to right, e.g.
 `("image_to_float", "keep:image,label")`.
 
-Random host ops (crops, flips, RandAugment in jaxsup.data.image_ops) draw from
+Random host ops (crops, flips, RandAugment in jaxsup.data.host.image_ops) draw from
 `example_rng(ex, salt)`: a NumPy generator seeded by (run seed, epoch, index)
 that the pipeline puts under RNG_KEY ("_rng", dropped before the batch leaves
 the host), so the host pipeline is a pure function of (seed, step).

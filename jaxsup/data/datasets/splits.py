@@ -1,7 +1,7 @@
 """Splits of a configured dataset: open once, count, resolve to example ranges, check disjoint.
 
 `data_cfg` is a run's `config.data` (name, data_dir, or path: a dataset
-written by `python -m jaxsup.data.convert`, jaxsup/data/shards.py); a split is
+written by `python -m jaxsup.data.convert`, jaxsup/data/datasets/shards.py); a split is
 a TFDS split string such as "train", "train[:10%]" or "train[50%:]".
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from jaxsup.data import shards, sources
+from jaxsup.data.datasets import shards, sources
 from jaxsup.errors import ConfigError, DataError
 
 

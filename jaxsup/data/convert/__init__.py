@@ -1,0 +1,1 @@
+"""The converter: `python -m jaxsup.data.convert` turns image-text / image-folder data into shards."""

@@ -1,0 +1,1 @@
+"""Datasets: TFDS splits, converted array_record shards, the offline digits builder, split ranges."""

@@ -1,0 +1,1 @@
+"""Device augmentation: jitted JAX ops on whole batches, deterministic from an RNG key."""

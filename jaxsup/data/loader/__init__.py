@@ -1,0 +1,1 @@
+"""The grain pipeline: deterministic checkpointable train stream, padded eval batches, batched reads, guided batches."""

@@ -1,0 +1,1 @@
+"""Text: tokenizers (byte-level, SentencePiece, CLIP BPE), token-id rows, zero-shot class names and templates."""

@@ -7,9 +7,7 @@ loss name) and the "chunked" implementation.
 """
 from __future__ import annotations
 
-import importlib
 import logging
-from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from pallas_kernels.backend import BackendUnavailableError
@@ -50,13 +48,3 @@ def run_impl(
             log.warning("%s: impl=%r unavailable (%s); using 'chunked'.", name, impl, err)
         return impls["chunked"]()
 
-
-def import_kernels(module: str) -> ModuleType:
-    """Imports a family's Pallas module on first use; BackendUnavailableError if
-    it, or Pallas itself, is missing (the XLA implementations never need it)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if not (err.name or "").startswith(("pallas_kernels", "jax.experimental")):
-            raise
-        raise BackendUnavailableError(f"{module} is not available ({err})") from err

@@ -250,7 +250,7 @@ def test_pallas_on_cpu_raises_or_falls_back_to_chunked(name):
 
 
 def test_missing_pallas_module_raises_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pallas_kernels.contrastive.pallas_ops", None)
+    monkeypatch.setitem(sys.modules, "pallas_kernels.contrastive.pallas_impl", None)
     x, y = normalised_pair(3, 2)
     with pytest.raises(ValueError, match="not available"):
         C.softmax_contrastive(x, y, 0.0, impl="pallas")

@@ -196,9 +196,9 @@ def test_rows_value_is_numpy_kd_eager_and_jit():
 
 
 def test_rows_dw_update_in_vocab_tiles(monkeypatch):
-    from pallas_kernels.linear_kd import rows_xla
+    from pallas_kernels.linear_kd import rows_chunked_xla
 
-    monkeypatch.setattr(rows_xla, "DW_TILE_BYTES", 4 * 4 * 128)  # H=4: 128-column dW updates
+    monkeypatch.setattr(rows_chunked_xla, "DW_TILE_BYTES", 4 * 4 * 128)  # H=4: 128-column dW updates
     x = make_inputs(6, 4, 300)  # 300 = 2 * 128 + 44: the last dW tile is shifted
     want = value_and_grads("reference", x, "logits", "kl")
     got = value_and_grads("chunked", x, "logits", "kl", chunking="rows", row_chunk=4)
@@ -225,7 +225,7 @@ def test_rows_scale_with_the_cotangent():
 
 def test_chunking_choice():
     from pallas_kernels.linear_kd.api import resolve_chunking
-    from pallas_kernels.linear_kd.rows_xla import default_row_chunk
+    from pallas_kernels.linear_kd.rows_chunked_xla import default_row_chunk
 
     assert resolve_chunking("auto", 32768) == "rows" and resolve_chunking("vocab", 10) == "vocab"
     assert resolve_chunking("auto", 2**24) == "vocab"  # 16 rows of V would exceed the budget

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pallas_kernels.backend import BackendUnavailableError, KernelConfig
-from pallas_kernels.contrastive import pallas_ops
-from pallas_kernels.contrastive import primitives, reference
+from pallas_kernels.contrastive import pallas_impl as pallas_ops
+from pallas_kernels.contrastive import pallas_vjp as primitives, reference
 
 
 def _loss_only(fn):

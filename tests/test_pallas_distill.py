@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from pallas_kernels.backend import BackendUnavailableError, KernelConfig
-from pallas_kernels.linear_kd import pallas_ops
+from pallas_kernels.linear_kd import pallas_impl as pallas_ops
 from pallas_kernels.linear_kd.api import fused_linear_kd
 from pallas_kernels.linear_kd.common import KdLoss, check_fused_inputs
-from pallas_kernels.linear_kd.kernels import Static, fused_kd_padded
+from pallas_kernels.linear_kd.pallas_triton import Static, fused_kd_padded
 from pallas_kernels.linear_kd.reference import fused_linear_kd_reference
 from test_fused_linear_kd import assert_tree_close
 

@@ -11,8 +11,8 @@ impl (IMPLS):
 - "reference": `reference.py`, builds the [B, B] logits; the ground truth.
 - "chunked": `lax.scan` over column tiles with an online log-sum-exp and a
   `custom_vjp` whose backward recomputes the tiles (`chunked_xla.py`,
-  `blockwise.py`); peak memory O(B*D + B*tile), metrics from the same scan.
-- "pallas": the fused kernels (`pallas_ops.py`) on `backend` (None: Triton on
+  `blockwise_vjp.py`); peak memory O(B*D + B*tile), metrics from the same scan.
+- "pallas": the fused kernels (`pallas_impl.py`) on `backend` (None: Triton on
   NVIDIA GPUs, Mosaic on TPUs; "interpret" on CPU). Metrics come from a
   max-only pass over the chunked tiles (one extra forward matmul, no exp).
   Where the kernels cannot run: a ValueError, or with fallback=True one
@@ -23,7 +23,7 @@ impl (IMPLS):
 `tile` is the column tile of the chunked scan and of the metrics' max-only pass.
 
   cacr(z, *, t_pos, t_neg, alpha, beta, impl, tile)  CACR over K views [K, N, D]
-takes impl "reference" | "chunked" (CACR_IMPLS; `cacr_xla.py`).
+takes impl "reference" | "chunked" (CACR_IMPLS; `cacr_chunked_xla.py`).
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from pallas_kernels.backend import check_positive_int
-from pallas_kernels.contrastive.blockwise import BLOCKWISE, max_pass_metrics
-from pallas_kernels.contrastive.cacr_xla import cacr_chunked
+from pallas_kernels.contrastive.blockwise_vjp import BLOCKWISE, max_pass_metrics
+from pallas_kernels.contrastive.cacr_chunked_xla import cacr_chunked
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE
 from pallas_kernels.contrastive.common import (
     F32, LOSSES, Metrics, check_inputs, logit_params, nt_xent_reduction_factor,
@@ -43,7 +43,8 @@ from pallas_kernels.contrastive.common import (
 from pallas_kernels.contrastive.reference import REFERENCE
 from pallas_kernels.contrastive.reference import cacr as cacr_reference
 from pallas_kernels.contrastive.ring import sharded_loss
-from pallas_kernels.dispatch import import_kernels, run_impl
+from pallas_kernels.contrastive import pallas_impl
+from pallas_kernels.dispatch import run_impl
 
 IMPLS = ("reference", "chunked", "pallas", "ring")
 CACR_IMPLS = ("reference", "chunked")
@@ -52,8 +53,7 @@ Scalar = jax.Array | float
 
 def _pallas(loss: str, x, y, scalars: tuple, params: tuple, tile: int, backend: str | None):
     """The fused kernel's loss (given the caller's scalars) and max-pass metrics."""
-    ops = import_kernels("pallas_kernels.contrastive.pallas_ops")
-    value = getattr(ops, f"{LOSSES[loss].name}_loss")(x, y, *scalars, backend=backend)
+    value = getattr(pallas_impl, f"{LOSSES[loss].name}_loss")(x, y, *scalars, backend=backend)
     return jnp.asarray(value, F32), max_pass_metrics(loss, x, y, params, tile)
 
 

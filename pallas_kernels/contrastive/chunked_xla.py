@@ -12,7 +12,7 @@ masked.
   backward recomputes each tile, `dS = g_row * softmax_row(S) + g_col *
   softmax_col(S)`.
 - `log_sigmoid_forward` / `log_sigmoid_backward`: `sum_ij log sigmoid(-(S_ij + b))`.
-- `ScanBlocks(tile)`: these as the block math of `blockwise.py`, whose
+- `ScanBlocks(tile)`: these as the block math of `blockwise_vjp.py`, whose
   custom_vjp losses make impl="chunked" (one block) and the ring.
 - `argmax_pass`: a max-only pass (no exp, no gradient) for the metrics of
   implementations that compute the loss elsewhere (Pallas).
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.contrastive.tiles import F32, MaxStats, init_stats, merge_tile, zeros_like_f32
+from pallas_kernels.contrastive.tile_math import F32, MaxStats, init_stats, merge_tile, zeros_like_f32
 
 # Column tile of the chunked path (and of each block on a device ring). On CPU
 # (2 cores, d=256, f32, fwd+bwd) the CPU time is flat across tiles 256..1024
@@ -234,7 +234,7 @@ def log_sigmoid_backward(
 
 
 class ScanBlocks(NamedTuple):
-    """Block math (the protocol in `blockwise.py`) by a `lax.scan` over
+    """Block math (the protocol in `blockwise_vjp.py`) by a `lax.scan` over
     column tiles of `tile` columns."""
 
     tile: int

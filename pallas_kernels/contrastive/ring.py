@@ -8,11 +8,11 @@ their text block and arrive home after the n-th shift, so one pass gives both
 softmax directions. The backward (`jax.custom_vjp`) is a second ring that
 recomputes each block; the text cotangent travels with its block. Nothing of
 size [B, B] or an all-gather of the embeddings ever exists: per device, memory
-is O(b*D + b*tile). The custom_vjp rules are those of `blockwise.py`; this
+is O(b*D + b*tile). The custom_vjp rules are those of `blockwise_vjp.py`; this
 module supplies the `RingSweep` that visits the blocks and a choice of block
 math (`block_impl`) that computes each:
 - "chunked": `chunked_xla.ScanBlocks`, a lax.scan over column tiles.
-- "pallas": `PallasBlocks`, the block primitives of `pallas_ops.py` (partial
+- "pallas": `PallasBlocks`, the block primitives of `pallas_impl.py` (partial
   LSEs / row sums forward, block gradients backward), `backend=` passed
   through (None: auto; "interpret" on CPU, for tests). They need
   `check_vma=False` on the shard_map (`sharded_loss` sets it). Where Pallas
@@ -43,15 +43,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from pallas_kernels.contrastive.blockwise import BLOCKWISE, LOCAL
+from pallas_kernels.contrastive.blockwise_vjp import BLOCKWISE, LOCAL
 from pallas_kernels.contrastive.chunked_xla import DEFAULT_TILE, ScanBlocks, lse_forward
 from pallas_kernels.contrastive.common import Metrics, check_inputs, logit_params
-from pallas_kernels.contrastive.tiles import F32, init_stats, merge_lse
-from pallas_kernels.dispatch import import_kernels, run_impl
-
-
-def _pallas_ops():
-    return import_kernels("pallas_kernels.contrastive.pallas_ops")
+from pallas_kernels.contrastive.tile_math import F32, init_stats, merge_lse
+from pallas_kernels.contrastive import pallas_impl
+from pallas_kernels.dispatch import run_impl
 
 
 # ----------------------------------------------------------------- the ring
@@ -109,8 +106,8 @@ class RingSweep(NamedTuple):
 
 
 class PallasBlocks(NamedTuple):
-    """Block math (protocol in `blockwise.py`) by the Pallas block
-    primitives of `pallas_ops.py` on `backend`.
+    """Block math (protocol in `blockwise_vjp.py`) by the Pallas block
+    primitives of `pallas_impl.py` on `backend`.
 
     The loss statistics (partial LSEs, sigmoid row sums) and block gradients
     come from the kernels; the argmax for the metrics from a max-only pass
@@ -123,7 +120,7 @@ class PallasBlocks(NamedTuple):
 
     tile: int
     backend: str | None = None
-    positives_in_kernel = True  # softmax_backward takes the positives' weights (blockwise.py)
+    positives_in_kernel = True  # softmax_backward takes the positives' weights (blockwise_vjp.py)
 
     def _softmax_kw(self, row_offset, col_offset, exclude_diagonal) -> dict[str, Any]:
         offset = row_offset - col_offset if exclude_diagonal else None
@@ -135,7 +132,7 @@ class PallasBlocks(NamedTuple):
 
     def softmax_forward(self, a, c, scale, rows, cols, *, row_offset=0, col_offset=0,
                         exclude_diagonal=False):
-        row_lse, col_lse = _pallas_ops().softmax_pair_lse(
+        row_lse, col_lse = pallas_impl.softmax_pair_lse(
             a, c, jnp.log(scale), **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
         with_cols = cols is not None
         max_rows, max_cols = lse_forward(
@@ -160,13 +157,13 @@ class PallasBlocks(NamedTuple):
         if col_lse is None:  # rows only: weight g_col * exp(S - inf) = 0
             col_lse = jnp.full_like(c, jnp.inf, F32, shape=(c.shape[0],))
             g_col = jnp.zeros_like(col_lse)
-        da, dc, dlog_t = _pallas_ops().softmax_pair_lse_backward(
+        da, dc, dlog_t = pallas_impl.softmax_pair_lse_backward(
             a, c, jnp.log(scale), row_lse, col_lse, g_row, g_col, positives=positives,
             **self._softmax_kw(row_offset, col_offset, exclude_diagonal))
         return da.astype(F32), dc.astype(F32), dlog_t / scale
 
     def sigmoid_forward(self, a, c, scale, bias, rows, *, col_offset=0):
-        row_sums = _pallas_ops().sigmoid_pair_row_sums(
+        row_sums = pallas_impl.sigmoid_pair_row_sums(
             a, c, jnp.log(scale), bias, **self._all_negative(a, c))
         rows, _ = lse_forward(a, c, scale, rows, None, tile=self.tile, col_offset=col_offset,
                               with_sumexp=False)
@@ -174,7 +171,7 @@ class PallasBlocks(NamedTuple):
 
     def sigmoid_backward(self, a, c, scale, bias, g):
         g_row = jnp.broadcast_to(-g, (a.shape[0],)).astype(F32)
-        da, dc, dlog_t, db = _pallas_ops().sigmoid_pair_row_sums_backward(
+        da, dc, dlog_t, db = pallas_impl.sigmoid_pair_row_sums_backward(
             a, c, jnp.log(scale), bias, g_row, **self._all_negative(a, c))
         return da.astype(F32), dc.astype(F32), dlog_t / scale, db
 
@@ -188,7 +185,7 @@ def ring_blocks(
     "chunked" (`dispatch.run_impl`)."""
 
     def pallas():
-        _pallas_ops().kernel_config(backend, n_rows=like.shape[0], dim=like.shape[1],
+        pallas_impl.kernel_config(backend, n_rows=like.shape[0], dim=like.shape[1],
                                     dtype=like.dtype)
         return PallasBlocks(tile, backend)
 

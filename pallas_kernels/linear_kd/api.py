@@ -7,13 +7,13 @@ given as logits [N, V] or as its own hidden states and head
 (`common.check_fused_inputs`); `impl=` (IMPLS) then chooses:
 - "reference": `reference.py`, builds the [N, V] logits; the ground truth.
 - "chunked": pure JAX, `chunking=` (CHUNKINGS):
-  "rows" (`rows_xla.py`, Liger-style: each row chunk's full [chunk, V] logits
+  "rows" (`rows_chunked_xla.py`, Liger-style: each row chunk's full [chunk, V] logits
   exist briefly, loss and gradients formed in one pass; three GEMMs like the
   naive path; memory O(chunk * V + H * V)), "vocab" (`chunked_xla.py`, a
   lax.scan over V tiles with online LSEs; memory O(N * tile + H * V) but a
   fourth GEMM: its backward recomputes the logits tiles), or "auto" (rows,
   unless even ROWS_MIN_CHUNK rows of V would exceed the rows budget).
-- "pallas": `pallas_ops.py` kernels on `backend` (None: Triton on GPU;
+- "pallas": `pallas_impl.py` kernels on `backend` (None: Triton on GPU;
   "interpret" on CPU). Where they cannot run: a ValueError, or with
   fallback=True one warning and "chunked" (`pallas_kernels.dispatch`).
 Gradients flow to h_s and W_s only; the teacher gets zero gradients.
@@ -29,8 +29,8 @@ from typing import Any
 import jax
 
 from pallas_kernels.backend import check_positive_int
-from pallas_kernels.dispatch import check_impl, import_kernels, run_impl
-from pallas_kernels.linear_kd import rows_xla
+from pallas_kernels.dispatch import check_impl, run_impl
+from pallas_kernels.linear_kd import pallas_impl, rows_chunked_xla
 from pallas_kernels.linear_kd.chunked_xla import DEFAULT_TILE, fused_linear_kd_chunked
 from pallas_kernels.linear_kd.common import check_fused_inputs, check_row_inputs
 from pallas_kernels.linear_kd.reference import fused_linear_kd_ce_reference, fused_linear_kd_reference
@@ -46,7 +46,7 @@ def resolve_chunking(chunking: str, vocab: int) -> str:
         raise ValueError(f"Unknown chunking {chunking!r}; expected one of {CHUNKINGS}.")
     if chunking != "auto":
         return chunking
-    return "rows" if ROWS_MIN_CHUNK * vocab <= rows_xla.CHUNK_ELEMENTS else "vocab"
+    return "rows" if ROWS_MIN_CHUNK * vocab <= rows_chunked_xla.CHUNK_ELEMENTS else "vocab"
 
 
 def fused_linear_kd(
@@ -67,7 +67,7 @@ def fused_linear_kd(
         kernel cannot run instead of raising ValueError.
       backend: Pallas backend for impl="pallas" (None = auto; "interpret" on CPU).
       chunking: of impl="chunked": "auto" | "rows" | "vocab".
-      row_chunk: rows per chunk of chunking="rows" (None: `rows_xla.default_row_chunk`).
+      row_chunk: rows per chunk of chunking="rows" (None: `rows_chunked_xla.default_row_chunk`).
     """
     teacher, loss = check_fused_inputs(h_s, w_s, teacher, temperature, kind, beta)
     check_positive_int("tile", tile)
@@ -77,12 +77,11 @@ def fused_linear_kd(
 
     def chunked() -> jax.Array:
         if way == "rows":
-            return rows_xla.fused_linear_kd_rows(h_s, w_s, teacher, loss, row_chunk)
+            return rows_chunked_xla.fused_linear_kd_rows(h_s, w_s, teacher, loss, row_chunk)
         return fused_linear_kd_chunked(h_s, w_s, teacher, loss, tile)
 
     def pallas() -> jax.Array:
-        ops = import_kernels("pallas_kernels.linear_kd.pallas_ops")
-        return ops.fused_linear_kd_loss(h_s, w_s, teacher, loss, backend=backend)
+        return pallas_impl.fused_linear_kd_loss(h_s, w_s, teacher, loss, backend=backend)
 
     return run_impl("fused_linear_kd", impl, {
         "reference": lambda: fused_linear_kd_reference(h_s, w_s, teacher, loss),
@@ -95,7 +94,7 @@ def fused_linear_kd_ce(
     h_s: jax.Array, w_s: jax.Array, teacher: Any, temperature: float, *, labels: jax.Array,
     kd_weights: jax.Array, ce_weights: jax.Array | None = None, kind: str = "kl",
     beta: float = 0.5, impl: str = "chunked", row_chunk: int | None = None,
-) -> tuple[jax.Array, rows_xla.RowAux]:
+) -> tuple[jax.Array, rows_chunked_xla.RowAux]:
     """`sum_n kd_weights[n] T^2 D_n + ce_weights[n] CE(h_s @ W_s, labels)_n` and per-row stats.
 
     Args:
@@ -113,5 +112,5 @@ def fused_linear_kd_ce(
     check_row_inputs(h_s.shape[0], labels, kd_weights, ce_weights)
     if impl == "reference":
         return fused_linear_kd_ce_reference(h_s, w_s, teacher, loss, labels, kd_weights, ce_weights)
-    return rows_xla.fused_linear_kd_ce_rows(h_s, w_s, teacher, loss, labels, kd_weights, ce_weights,
+    return rows_chunked_xla.fused_linear_kd_ce_rows(h_s, w_s, teacher, loss, labels, kd_weights, ce_weights,
                                             row_chunk)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.backend import check_positive_int
-from pallas_kernels.linear_kd import tiles
+from pallas_kernels.linear_kd import tile_math as tiles
 from pallas_kernels.linear_kd.common import KdLoss
 
 DEFAULT_TILE = 4096

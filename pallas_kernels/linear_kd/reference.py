@@ -1,6 +1,6 @@
 """Ground truth of the KD losses: plain jnp over full [N, V] logits.
 
-Definitions are in `tiles.py`'s docstring. The teacher is treated as a
+Definitions are in `tile_math.py`'s docstring. The teacher is treated as a
 constant (`stop_gradient`).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pallas kernels for fused linear KD (Triton-lowered on GPU; interpret on CPU).
 
-Inputs arrive padded (see `pallas_ops.py`): h_s [Np, Hp], W_s [Hp, Vp], teacher
+Inputs arrive padded (see `pallas_impl.py`): h_s [Np, Hp], W_s [Hp, Vp], teacher
 logits [Np, Vp] or (h_t [Np, Htp], W_t [Htp, Vp]), every dim a multiple of
 its block. Columns >= `vocab` are masked; padded rows get zero gradient
 through `row_scale`.
@@ -18,7 +18,7 @@ Three kernels, in the style of the JAX Pallas flash-attention ops:
 Blocks (`KernelConfig`): block_q = block_n rows of N, block_k = block_v
 columns of V, block_h of H. Every in-kernel array is [block_n, block_v],
 [block_n, block_h], [block_h, block_v] or [block_n]: powers of two on Triton
-(checked in pallas_ops.py).
+(checked in pallas_impl.py).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.backend import KernelConfig
-from pallas_kernels.linear_kd import tiles
+from pallas_kernels.linear_kd import tile_math as tiles
 from pallas_kernels.linear_kd.common import KdLoss
 
 

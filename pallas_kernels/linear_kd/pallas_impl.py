@@ -22,7 +22,7 @@ from pallas_kernels.backend import (
     resolve_backend,
 )
 from pallas_kernels.linear_kd.common import KdLoss
-from pallas_kernels.linear_kd.kernels import Static, fused_kd_padded
+from pallas_kernels.linear_kd.pallas_triton import Static, fused_kd_padded
 
 KERNEL_BACKENDS = ("triton", "interpret")
 DEFAULT_BLOCKS = {"block_n": 64, "block_v": 128, "block_h": 64}

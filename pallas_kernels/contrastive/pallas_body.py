@@ -5,18 +5,15 @@ Both kernels own a block of `block_q` rows of zq and walk over the column
 blocks of zk, recomputing `logits = scale * zq zk^T + bias` tile by tile in
 on-chip memory; no [Bq, Bk] array ever exists in device memory.
 
-* "loop" driver (Triton, and interpret mode): grid = (row blocks,); the zk
-  operand is passed whole (a pointer on GPU) and a `lax.fori_loop` inside the
-  kernel loads one `block_k` slice per step, carrying the running statistics
-  in registers, as JAX's Triton flash attention does.
-* "grid" driver (Mosaic TPU): grid = (row blocks, column blocks) with the
-  column axis "arbitrary"; BlockSpecs bring one zk tile into VMEM per step and
-  the running statistics live in VMEM scratch, initialised at the first column
-  block and written out at the last (the TPU flash-attention pattern). Block
-  shapes obey the (8, 128) tiling: D is padded to 128 lanes, row statistics are
-  [rows, 128] lane-replicated, column statistics [8, cols].
+The two drivers differ only in how the columns are walked, in iotas, BlockSpecs,
+scratch and launch parameters; each lives in its own module:
 
-Callers pass operands already padded (see `primitives.py`): rows to a multiple
+* `pallas_triton.py`, the "loop" driver (Triton, and interpret mode): one program
+  per row block, a `lax.fori_loop` over the column blocks of the whole zk operand.
+* `pallas_mosaic_tpu.py`, the "grid" driver (Mosaic TPU): a 2-D grid, one zk tile
+  in VMEM per step, the running statistics in VMEM scratch.
+
+Callers pass operands already padded (see `pallas_vjp.py`): rows to a multiple
 of lcm(block_q, block_k), D to `KernelConfig.padded_dim` (`pallas_kernels.backend`).
 `n_q` / `n_k` give the real sizes; padded cells are masked out of every sum.
 
@@ -26,16 +23,18 @@ runtime inputs, so a ring can pass a traced offset per step.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.backend import KernelConfig
+from pallas_kernels.contrastive.pallas_mosaic_tpu import GridDriver
+from pallas_kernels.contrastive.pallas_triton import LoopDriver
+
+DRIVERS = {"loop": LoopDriver, "grid": GridDriver}
 
 _NT_DIMS = (((1,), (1,)), ((), ()))  # zq [bq, D] . zk [bk, D] -> [bq, bk]
 _NN_DIMS = (((1,), (0,)), ((), ()))  # w [bq, bk] . zk [bk, D] -> [bq, D]
@@ -53,7 +52,7 @@ class _Geometry(NamedTuple):
     pos_offsets: tuple[int, ...]  # backward only: cells `col - row == o` are positives (see row_grad)
     precision: lax.Precision
     lanes: int
-    grid_driver: bool
+    driver: type  # LoopDriver | GridDriver
 
 
 def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool,
@@ -71,19 +70,13 @@ def _geometry(cfg: KernelConfig, zq, zk, n_q: int, n_k: int, has_diag: bool,
         pos_offsets=tuple(int(o) for o in pos_offsets),
         precision=lax.Precision.HIGHEST if exact else lax.Precision.DEFAULT,
         lanes=cfg.vec_lanes,
-        grid_driver=cfg.driver == "grid",
+        driver=DRIVERS[cfg.driver],
     )
 
 
 def _cell_ids(q_block, k_block, geo: _Geometry) -> tuple[jax.Array, jax.Array]:
     """Global (row [bq, 1|bk], col [1|bq, bk]) indices of one tile's cells."""
-    shape = (geo.block_q, geo.block_k)
-    if geo.grid_driver:  # Mosaic wants full-shape iotas.
-        rows = lax.broadcasted_iota(jnp.int32, shape, 0)
-        cols = lax.broadcasted_iota(jnp.int32, shape, 1)
-    else:  # Triton lowers 1-D aranges broadcast to 2-D.
-        rows = jnp.arange(geo.block_q, dtype=jnp.int32)[:, None]
-        cols = jnp.arange(geo.block_k, dtype=jnp.int32)[None, :]
+    rows, cols = geo.driver.local_cell_ids(geo.block_q, geo.block_k)
     return rows + q_block * geo.block_q, cols + k_block * geo.block_k
 
 
@@ -106,47 +99,13 @@ def _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo: _Geometry):
     return logits, valid, diag
 
 
-def _walk_columns(geo: _Geometry, init: Callable, step: Callable, load_k: Callable,
-                  finish: Callable, scratch: Sequence) -> None:
-    """Runs `step(k_block, carry, *load_k(k_block))` over all column blocks.
-
-    Loop driver: a fori_loop carrying values (`scratch` is empty). Grid driver: one
-    step per program along grid axis 1, the carry kept in `scratch` refs.
-    """
-    if not geo.grid_driver:
-        body = lambda k_block, carry: step(k_block, carry, *load_k(k_block))
-        finish(lax.fori_loop(0, geo.num_k_blocks, body, init()))
-        return
-    k_block = pl.program_id(1)
-
-    @pl.when(k_block == 0)
-    def _init():
-        for ref, value in zip(scratch, init()):
-            ref[...] = value
-
-    carry = step(k_block, tuple(ref[...] for ref in scratch), *load_k(None))
-    for ref, value in zip(scratch, carry):
-        ref[...] = value
-
-    @pl.when(k_block == geo.num_k_blocks - 1)
-    def _finish():
-        finish(tuple(ref[...] for ref in scratch))
-
-
-def _k_slice(geo: _Geometry, k_block):
-    """Column-block slice of a whole-array ref (loop driver) or everything (grid)."""
-    if k_block is None:
-        return slice(None)
-    return pl.ds(pl.multiple_of(k_block * geo.block_k, geo.block_k), geo.block_k)
-
-
 def _forward_kernel(scal_ref, off_ref, zq_ref, zk_ref, out_ref, *scratch, tiles, geo):
     q_block = pl.program_id(0)
     zq = zq_ref[...]
     scale, bias, offset = scal_ref[0], scal_ref[1], off_ref[0]
 
     def load_k(k_block):
-        return (zk_ref[_k_slice(geo, k_block), :],)
+        return (zk_ref[geo.driver.k_slice(geo, k_block), :],)
 
     def step(k_block, carry, zk):
         logits, valid, diag = _logit_tile(zq, zk, scale, bias, offset, q_block, k_block, geo)
@@ -156,7 +115,7 @@ def _forward_kernel(scal_ref, off_ref, zq_ref, zk_ref, out_ref, *scratch, tiles,
         out_ref[...] = tiles.fwd_finalize(carry)
 
     init = lambda: tiles.fwd_init((geo.block_q, geo.lanes))
-    _walk_columns(geo, init, step, load_k, finish, scratch)
+    geo.driver.walk_columns(geo, init, step, load_k, finish, scratch)
 
 
 def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
@@ -173,7 +132,7 @@ def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
     q_vecs = tuple(ref[...] for ref in q_vec_refs)
 
     def load_k(k_block):
-        cols = _k_slice(geo, k_block)
+        cols = geo.driver.k_slice(geo, k_block)
         return zk_ref[cols, :], tuple(ref[0:1, cols] for ref in k_vec_refs)
 
     def step(k_block, carry, zk, k_vecs):
@@ -201,47 +160,15 @@ def _backward_kernel(scal_ref, off_ref, zq_ref, zk_ref, *refs, tiles, geo):
             return dz, jnp.zeros((geo.block_q, geo.lanes), jnp.float32)
         return (dz,)
 
-    _walk_columns(geo, init, step, load_k, finish, scratch)
+    geo.driver.walk_columns(geo, init, step, load_k, finish, scratch)
 
 
-class _Specs:
-    """BlockSpecs of one driver; `rows(w)` / `cols(h)` are per-row / per-column blocks."""
-
-    def __init__(self, cfg: KernelConfig, geo: _Geometry, n_q_rows: int, n_k_rows: int, dim: int):
-        self.cfg, self.geo, self.dim = cfg, geo, dim
-        n_q_blocks = n_q_rows // geo.block_q
-        if cfg.driver == "grid":
-            self.grid = (n_q_blocks, geo.num_k_blocks)
-            smem = pl.BlockSpec(memory_space=pltpu.SMEM)
-            self.scalars = [smem, smem]
-            self.rows = lambda width: pl.BlockSpec((geo.block_q, width), lambda i, k: (i, 0))
-            self.cols = lambda height: pl.BlockSpec((height, geo.block_k), lambda i, k: (0, k))
-        else:
-            self.grid = (n_q_blocks,)
-            self.scalars = [pl.BlockSpec((2,), lambda i: (0,)), pl.BlockSpec((1,), lambda i: (0,))]
-            self.rows = lambda width: pl.BlockSpec((geo.block_q, width), lambda i: (i, 0))
-            self.cols = lambda height: pl.BlockSpec((height, n_k_rows), lambda i: (0, 0))
-
-    def call(self, kernel, in_specs, out_specs, out_shape, scratch_shapes, name):
-        cfg = self.cfg
-        kwargs = {}
-        if cfg.driver == "grid":
-            kwargs["scratch_shapes"] = scratch_shapes
-            if not cfg.interpret:
-                kwargs["compiler_params"] = pltpu.CompilerParams(
-                    dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY))
-        elif not cfg.interpret:
-            # Unmeasured heuristic: more warps once a tile or the [block_q, D]
-            # accumulator gets large.
-            big = self.geo.block_q * max(self.geo.block_k, self.dim) >= 128 * 128
-            kwargs["compiler_params"] = pltriton.CompilerParams(
-                num_warps=cfg.num_warps or (8 if big else 4),
-                num_stages=cfg.num_stages or 2,
-            )
-        return pl.pallas_call(
-            kernel, grid=self.grid, in_specs=in_specs, out_specs=out_specs,
-            out_shape=out_shape, interpret=cfg.interpret, name=name, **kwargs,
-        )
+def _call(specs, kernel, in_specs, out_specs, out_shape, scratch_shapes, name):
+    """pl.pallas_call on the driver's grid, with its launch parameters."""
+    return pl.pallas_call(
+        kernel, grid=specs.grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+        interpret=specs.cfg.interpret, name=name, **specs.call_kwargs(scratch_shapes),
+    )
 
 
 def _check_operands(zq, zk, scalars, offset):
@@ -265,26 +192,18 @@ def row_reduce(tiles, cfg: KernelConfig, zq, zk, scalars, offset, *,
     """
     _check_operands(zq, zk, scalars, offset)
     geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag)
-    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
+    specs = geo.driver(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     width = geo.lanes
-    zk_spec = _zk_spec(cfg, geo, zk.shape)
-    scratch = [pltpu.VMEM((geo.block_q, width), jnp.float32)
-               for _ in tiles.fwd_init((1, 1))] if cfg.driver == "grid" else []
+    scratch = geo.driver.scratch([(geo.block_q, width)] * len(tiles.fwd_init((1, 1))))
     kernel = functools.partial(_forward_kernel, tiles=tiles, geo=geo)
-    return specs.call(
-        kernel,
-        in_specs=[*specs.scalars, specs.rows(zq.shape[1]), zk_spec],
+    return _call(
+        specs, kernel,
+        in_specs=[*specs.scalars, specs.rows(zq.shape[1]), specs.zk(zk.shape)],
         out_specs=specs.rows(width),
         out_shape=jax.ShapeDtypeStruct((zq.shape[0], width), jnp.float32),
         scratch_shapes=scratch,
         name=f"contrastive_{tiles.__name__.strip('_').lower()}_fwd",
     )(scalars, offset, zq, zk)
-
-
-def _zk_spec(cfg: KernelConfig, geo: _Geometry, zk_shape) -> pl.BlockSpec:
-    if cfg.driver == "grid":
-        return pl.BlockSpec((geo.block_k, zk_shape[1]), lambda i, k: (k, 0))
-    return pl.BlockSpec(zk_shape, lambda i: (0, 0))
 
 
 def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, *,
@@ -311,24 +230,24 @@ def row_grad(tiles, cfg: KernelConfig, zq, zk, scalars, offset, q_vecs, k_vecs, 
         raise ValueError("pos_offsets and pos_w go together")
     pos_in = [] if pos_w is None else [pos_w]
     geo = _geometry(cfg, zq, zk, n_q, n_k, has_diag, tuple(pos_offsets))
-    specs = _Specs(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
+    specs = geo.driver(cfg, geo, zq.shape[0], zk.shape[0], zq.shape[1])
     rows, dp, width = zq.shape[0], zq.shape[1], geo.lanes
     out_specs = [specs.rows(dp)]
     out_shape = [jax.ShapeDtypeStruct((rows, dp), jnp.float32)]
-    scratch = [pltpu.VMEM((geo.block_q, dp), jnp.float32)]
+    scratch = [(geo.block_q, dp)]
     if tiles.has_bias_grad:
         out_specs.append(specs.rows(width))
         out_shape.append(jax.ShapeDtypeStruct((rows, width), jnp.float32))
-        scratch.append(pltpu.VMEM((geo.block_q, width), jnp.float32))
+        scratch.append((geo.block_q, width))
     kernel = functools.partial(_backward_kernel, tiles=tiles, geo=geo)
-    outs = specs.call(
-        kernel,
-        in_specs=[*specs.scalars, specs.rows(dp), _zk_spec(cfg, geo, zk.shape),
+    outs = _call(
+        specs, kernel,
+        in_specs=[*specs.scalars, specs.rows(dp), specs.zk(zk.shape),
                   *[specs.rows(width)] * len(q_vecs),
                   *[specs.cols(k_vecs[0].shape[0])] * len(k_vecs), *[specs.rows(width)] * len(pos_in)],
         out_specs=out_specs,
         out_shape=out_shape,
-        scratch_shapes=scratch if cfg.driver == "grid" else [],
+        scratch_shapes=geo.driver.scratch(scratch),
         name=f"contrastive_{tiles.__name__.strip('_').lower()}_bwd",
     )(scalars, offset, zq, zk, *q_vecs, *k_vecs, *pos_in)
     return outs[0], (outs[1] if tiles.has_bias_grad else None)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.backend import check_positive_int
-from pallas_kernels.linear_kd import tiles
+from pallas_kernels.linear_kd import tile_math as tiles
 from pallas_kernels.linear_kd.chunked_xla import sliced, tile_start_and_mask
 from pallas_kernels.linear_kd.common import KdLoss, RowAux
 

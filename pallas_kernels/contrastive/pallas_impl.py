@@ -1,7 +1,7 @@
 """The Pallas implementation (impl="pallas"): fused tiled contrastive losses.
 
 `api.py` calls these with impl="pallas" (and `ring.PallasBlocks` the block
-primitives); call them directly to set block sizes or Triton parameters.
+pallas_vjp); call them directly to set block sizes or Triton parameters.
 
 Losses (f32 scalars, differentiable; never build the B x B matrix):
   softmax_contrastive_loss(zimg, ztxt, log_t)   CLIP, symmetric CE
@@ -65,8 +65,8 @@ are shrunk to it.
 Precision: f32 inputs use HIGHEST-precision dots (IEEE f32 on GPU, no TF32),
 so results match the f32 reference; bf16 inputs use bf16 MXU/tensor-core dots
 with f32 accumulation, and the backward casts its f32 tile weights to bf16
-before the second matmul. The whole losses (`primitives.clip_loss`,
-`primitives.nt_xent_loss`) subtract the positives' weight inside the f32 tile,
+before the second matmul. The whole losses (`pallas_vjp.clip_loss`,
+`pallas_vjp.nt_xent_loss`) subtract the positives' weight inside the f32 tile,
 before that cast, so a confident row's p - 1 is formed in f32 (rounding p ~ 1 to
 bf16 first lost it: 18-21x the gradient's size at CLIP loss 1e-4;
 tests/test_contrastive_confident_bf16.py). The ring's Pallas blocks do the same
@@ -85,7 +85,7 @@ from pallas_kernels.backend import (
     fit_triton_block,
     resolve_backend,
 )
-from pallas_kernels.contrastive import primitives
+from pallas_kernels.contrastive import pallas_vjp
 
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -196,7 +196,7 @@ def softmax_contrastive_loss(
     _check_embeddings(("zimg", "ztxt"), zimg, ztxt, same_rows=True)
     log_t = _scalar("log_t", log_t)
     cfg = _config(zimg, ztxt, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.clip_loss(cfg, zimg, ztxt, log_t)
+    return pallas_vjp.clip_loss(cfg, zimg, ztxt, log_t)
 
 
 def sigmoid_contrastive_loss(
@@ -212,7 +212,7 @@ def sigmoid_contrastive_loss(
     _check_embeddings(("zimg", "ztxt"), zimg, ztxt, same_rows=True)
     log_t, b = _scalar("log_t", log_t), _scalar("b", b)
     cfg = _config(zimg, ztxt, backend, block_q, block_k, num_warps, num_stages)
-    rows = primitives.sigmoid_pair(cfg, True, zimg, ztxt, log_t, b, jnp.zeros((), jnp.int32))
+    rows = pallas_vjp.sigmoid_pair(cfg, True, zimg, ztxt, log_t, b, jnp.zeros((), jnp.int32))
     return jnp.sum(rows) / zimg.shape[0]
 
 
@@ -232,7 +232,7 @@ def nt_xent_loss(
     tau = _scalar("tau", tau)
     z = jax.ShapeDtypeStruct((2 * z1.shape[0], z1.shape[1]), z1.dtype)  # the 2N views
     cfg = _config(z, z, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.nt_xent_loss(cfg, z1, z2, tau)
+    return pallas_vjp.nt_xent_loss(cfg, z1, z2, tau)
 
 
 def softmax_pair_lse(
@@ -249,7 +249,7 @@ def softmax_pair_lse(
     _check_embeddings(("zq", "zk"), zq, zk, same_rows=False)
     has_diag, offset = _offset("self_offset", self_offset)
     cfg = _config(zq, zk, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.softmax_pair(cfg, has_diag, zq, zk, _scalar("log_t", log_t), offset)
+    return pallas_vjp.softmax_pair(cfg, has_diag, zq, zk, _scalar("log_t", log_t), offset)
 
 
 def softmax_pair_lse_backward(
@@ -260,7 +260,7 @@ def softmax_pair_lse_backward(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """This block's share of the gradient of `sum g_row lse_row + sum g_col lse_col`
     (minus `sum_i w_row[i] S_i,i+o` for `positives = (offsets, w_row, w_col)`, see
-    `primitives.softmax_pair_backward`: formed in the kernel's f32 tiles).
+    `pallas_vjp.softmax_pair_backward`: formed in the kernel's f32 tiles).
 
     row_lse [Bq] / col_lse [Bk]: the LSEs the cotangents g_row [Bq] / g_col
     [Bk] belong to -- pass the final (all-block) LSEs to get the block's
@@ -274,7 +274,7 @@ def softmax_pair_lse_backward(
             raise ValueError(f"{name} must have shape ({n},), got {jnp.shape(v)}")
     has_diag, offset = _offset("self_offset", self_offset)
     cfg = _config(zq, zk, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.softmax_pair_backward(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
+    return pallas_vjp.softmax_pair_backward(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
                                             offset, row_lse, col_lse, g_row, g_col, positives=positives)
 
 
@@ -291,7 +291,7 @@ def sigmoid_pair_row_sums(
     _check_embeddings(("zq", "zk"), zq, zk, same_rows=False)
     has_diag, offset = _offset("positive_offset", positive_offset)
     cfg = _config(zq, zk, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.sigmoid_pair(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
+    return pallas_vjp.sigmoid_pair(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
                                    _scalar("b", b), offset)
 
 
@@ -306,5 +306,5 @@ def sigmoid_pair_row_sums_backward(
         raise ValueError(f"g_row must have shape ({zq.shape[0]},), got {jnp.shape(g_row)}")
     has_diag, offset = _offset("positive_offset", positive_offset)
     cfg = _config(zq, zk, backend, block_q, block_k, num_warps, num_stages)
-    return primitives.sigmoid_pair_backward(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
+    return pallas_vjp.sigmoid_pair_backward(cfg, has_diag, zq, zk, _scalar("log_t", log_t),
                                             _scalar("b", b), offset, g_row)

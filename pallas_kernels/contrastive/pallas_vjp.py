@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.backend import KernelConfig
-from pallas_kernels.contrastive import tiles as tiles_lib
+from pallas_kernels.contrastive import tile_math as tiles_lib
 from pallas_kernels.contrastive.common import stored_f32
-from pallas_kernels.contrastive.kernels import row_grad, row_reduce
+from pallas_kernels.contrastive.pallas_body import row_grad, row_reduce
 
 
 def _pad(z: jax.Array, cfg: KernelConfig) -> jax.Array:
@@ -107,7 +107,7 @@ def softmax_pair_backward(cfg: KernelConfig, has_diag: bool, zq, zk, log_t, offs
     weight seen from column j (w_row of its partner row).
 
     `row_lse` / `col_lse` must be the LSEs the cotangents refer to: a block's
-    own, or the final ones after combining blocks (see pallas_ops.py, "Ring use").
+    own, or the final ones after combining blocks (see pallas_impl.py, "Ring use").
     """
     n_q, n_k = zq.shape[0], zk.shape[0]
     zq_p, zk_p, scal, off = _pad(zq, cfg), _pad(zk, cfg), _scalars(log_t), _offset(offset)

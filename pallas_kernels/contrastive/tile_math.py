@@ -5,7 +5,7 @@ column) a running max, sum of exp(logit - max) and global argmax (`MaxStats`),
 merged one [rows, tile] logit tile at a time (`merge_tile`) or one block's
 log-sum-exp at a time (`merge_lse`). Masked logits are -inf; arrays are f32.
 
-Kernel tile families (the Pallas kernels, `kernels.py`): a tile is
+Kernel tile families (the Pallas kernels, `pallas_body.py`): a tile is
 `logits [bq, bk] = scale * zq_tile zk_tile^T + bias` (f32) with `valid
 [bq, bk]` (False on padded rows/columns) and `diag [bq, bk]` (the cells with
 `col - row == offset`, or None when no offset was given). Row statistics are

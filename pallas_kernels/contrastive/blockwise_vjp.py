@@ -31,7 +31,7 @@ from jax import lax
 
 from pallas_kernels.contrastive.chunked_xla import argmax_pass, as_blocks
 from pallas_kernels.contrastive.common import stored_f32
-from pallas_kernels.contrastive.tiles import F32, init_stats, stats_lse, zeros_like_f32
+from pallas_kernels.contrastive.tile_math import F32, init_stats, stats_lse, zeros_like_f32
 
 
 # ------------------------------------------------------------ block math

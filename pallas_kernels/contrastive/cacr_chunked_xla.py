@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.contrastive.chunked_xla import Tile, scan_column_tiles
 from pallas_kernels.contrastive.reference import cacr_attraction, squared_norms
-from pallas_kernels.contrastive.tiles import F32, zeros_like_f32
+from pallas_kernels.contrastive.tile_math import F32, zeros_like_f32
 
 
 class RowSums(NamedTuple):

@@ -204,3 +204,43 @@ def test_siglip_tokenizer_from_the_folder_gives_hfs_ids(tmp_path):
     with pytest.raises(ConfigError, match="spiece.model") as err:
         get_tokenizer(f"hf:{folder}")
     one_line(err)
+
+
+# ------------------------------------------------------------------ python -m jaxsup.export --format hf
+@pytest.mark.slow  # ~50 s on 2 cores: builds a run, one export subprocess, two zero-shot evals
+def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
+    """configs/clip_digits_openclip.py (bytes tokenizer) at its initial parameters, saved as train.py saves a run:
+    `jaxsup.export --format hf` -> CLIPModel.from_pretrained (no missing / unexpected key) gives jaxsup's
+    embeddings on a digits batch, and `jaxsup.eval --init hf:OUT` the run's own zero-shot metrics."""
+    import jax
+
+    from jaxsup import checkpoint, eval as eval_lib, experiment, export, sharding, workdir as workdir_lib
+    from jaxsup.data import pipeline
+
+    from test_interop_commands import cli, digits_config
+
+    config = digits_config()
+    workdir = str(tmp_path / "run")
+    mesh = sharding.make_mesh(config.mesh)
+    setup = experiment.build_experiment(config, mesh, pipeline.example_batch(config.data))
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
+    ckpt = checkpoint.Checkpointer(workdir, every=1, async_save=False)
+    ckpt.save(1, state, {"step": 1, "seed": config.seed, "config": config.to_json_best_effort()})
+    ckpt.close()
+    workdir_lib.write_config(config.to_json_best_effort(indent=2), workdir)
+    out = str(tmp_path / "hf")
+    done = cli("jaxsup.export", "--workdir", workdir, "--format", "hf", "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model, info = transformers.CLIPModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    batch = pipeline.example_batch(config.data)
+    images, tokens = np.asarray(batch["image"], np.float32), np.asarray(batch["tokens"])
+    flat = {k: np.asarray(v) for k, v in convert.flatten(checkpoint.restore_subtree(workdir, "params")).items()}
+    ours = jaxsup_outputs(TwoTower(**{**config.model.to_dict(), "text_kwargs": {
+        **config.model.text_kwargs.to_dict(), "vocab_size": flat["txt/token_embedding/embedding"].shape[0]}}),
+        flat, images, tokens)
+    assert_same_outputs(ours, hf_outputs(model.eval(), images, tokens))
+    assert eval_lib.evaluate(config, init=f"hf:{out}") == pytest.approx(eval_lib.evaluate(config, workdir=workdir),
+                                                                         abs=1e-6)
+    with pytest.raises(ConfigError, match="Refusing to overwrite"):
+        export.export_run(workdir, "hf", out)

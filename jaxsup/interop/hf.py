@@ -157,7 +157,8 @@ def hf_config(flat: dict[str, np.ndarray], model: dict[str, Any]) -> dict[str, A
                 max_position_embeddings=int(flat["txt/pos_embedding"].shape[1]))
     if clip:
         embed = int(flat["img_proj/kernel"].shape[1])
-        text.update(eos_token_id=int(vocab) - 1, bos_token_id=int(vocab) - 2, pad_token_id=0, projection_dim=embed)
+        # eos_token_id 2 selects HF's argmax pooling (modeling_clip.py), jaxsup's "argmax" for any tokenizer
+        text.update(eos_token_id=2, bos_token_id=None, pad_token_id=0, projection_dim=embed)
         vision["projection_dim"] = embed
         return dict(architectures=["CLIPModel"], model_type="clip", projection_dim=embed,
                     logit_scale_init_value=float(np.reshape(flat["t"], ())), text_config=text, vision_config=vision)

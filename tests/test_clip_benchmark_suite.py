@@ -190,3 +190,47 @@ def test_bad_folders_end_in_one_line_naming_the_file(tmp_path, model):
         assert named in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(DataError, match="folder not found: .*nowhere"):
         suite(tmp_path / "data", tmp_path / "out", ["nowhere"]).evaluate(predict)
+
+
+# ------------------------------------------------------------------ peer: clip_benchmark's own run
+def test_metrics_equal_clip_benchmarks_own_run_of_the_open_clip_model(tmp_path, model, monkeypatch):
+    pytest.importorskip("clip_benchmark")
+    pytest.importorskip("webdataset")
+    import open_clip
+    import torch
+    from clip_benchmark.datasets.builder import build_wds_dataset, image_captions_collate_fn
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+    from torchvision import transforms
+
+    oc, tower, params = model
+    make_classification(tmp_path, n=200)
+    make_retrieval(tmp_path, n=60)
+    ours = suite(tmp_path, tmp_path / "out", ["wds/wds_toy", "wds/wds_toy_captions"]).evaluate(predict_fn(tower, params))
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    theirs = {}
+
+    def accuracy(output, target, topk=(1,)):
+        """clip_benchmark 1.6.2's own accuracy() but for `keepdim=True` (its float() of a [1] array
+        is a TypeError under NumPy 2.4): everything else in this run is its code."""
+        pred = output.topk(max(topk), 1, True, True)[1].t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        return [float(correct[:k].reshape(-1).float().sum(0).cpu().numpy()) / len(target) for k in topk]
+
+    monkeypatch.setattr(zeroshot_classification, "accuracy", accuracy)
+    with torch.no_grad():
+        data = build_wds_dataset("wds_toy", transform, split="test", data_dir=str(tmp_path / "wds_toy"))
+        loader = torch.utils.data.DataLoader(data, batch_size=32)
+        metrics = zeroshot_classification.evaluate(oc, loader, tokenizer, data.classes, data.templates, device="cpu",
+                                                   amp=False)
+        theirs.update({f"wds/wds_toy/{k}": v for k, v in metrics.items()})
+        data = build_wds_dataset("wds_toy_captions", transform, split="test",
+                                 data_dir=str(tmp_path / "wds_toy_captions"))
+        loader = torch.utils.data.DataLoader(data, batch_size=32, collate_fn=image_captions_collate_fn)
+        metrics = zeroshot_retrieval.evaluate(oc, loader, tokenizer, device="cpu", amp=False, recall_k_list=[1, 5, 10])
+        theirs.update({f"wds/wds_toy_captions/{k}": v for k, v in metrics.items()})
+    assert sorted(ours) == sorted(theirs)
+    print("\n" + "\n".join(f"{k}: jaxsup {ours[k]:.6f} clip_benchmark {theirs[k]:.6f}" for k in sorted(theirs)))
+    for key in theirs:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
+    assert 0 < theirs["wds/wds_toy/acc1"] < 1  # neither degenerate extreme

@@ -234,3 +234,37 @@ def test_metrics_equal_clip_benchmarks_own_run_of_the_open_clip_model(tmp_path, 
     for key in theirs:
         assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
     assert 0 < theirs["wds/wds_toy/acc1"] < 1  # neither degenerate extreme
+
+
+# ------------------------------------------------------------------ python -m jaxsup.eval --suite clip_benchmark
+@pytest.mark.slow  # ~60 s on 2 cores: a digits run, its zero-shot eval, one eval subprocess
+def test_the_command_on_the_digits_gives_the_configs_own_zero_shot_top1(tmp_path):
+    """The 360 test digits written as a CLIP_benchmark folder (grey PNGs, the config's class names, the
+    "generic" templates, which the config's zero_shot entry is switched to): `jaxsup.eval --suite clip_benchmark` on a digits run gives the acc1 that the config's own
+    zero_shot evaluator gives on the same images and prompts."""
+    from jaxsup import eval as eval_lib
+    from jaxsup.data import digits, image_text, splits
+
+    from helpers import apply_overrides
+    from test_interop_commands import CONFIG, cli
+    from test_interop_hf import digits_run
+
+    templates = image_text.TEMPLATE_SETS["generic"]
+    config, workdir = digits_run(str(tmp_path / "run"))
+    config = apply_overrides(config, {"evals.zero_shot.templates": "generic"})
+    top1 = eval_lib.evaluate(config, workdir=workdir)["zero_shot/top1"]
+    source = splits.open_split(config.data, "test")
+    folder = tmp_path / "data" / "digits"
+    write_shards(str(folder / "test"), [{"png": png(source[i]["image"][..., 0]), "cls": str(source[i]["label"]).encode()}
+                                         for i in range(len(source))], per_shard=100)
+    (folder / "classnames.txt").write_text("\n".join(digits.CLASS_NAMES) + "\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("\n".join(t.replace("{name}", "{c}") for t in templates))
+    done = cli("jaxsup.eval", "--config", CONFIG, "--workdir", workdir, "--suite", "clip_benchmark",
+               "--datasets", "digits", "--dataset_root", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+               "--suite_preprocess", "decode:channels=1", "--suite_preprocess", "image_to_float")
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nzero_shot/top1 {top1:.6f}, suite {printed}")
+    assert printed["clip_benchmark/digits/acc1"] == pytest.approx(top1, abs=1e-6)
+    result = json.loads((tmp_path / "out" / "digits_run_two_tower_en_zeroshot_classification.json").read_text())
+    assert result["metrics"]["acc1"] == pytest.approx(top1, abs=1e-6) and result["pretrained"] == "run"

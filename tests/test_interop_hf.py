@@ -207,20 +207,17 @@ def test_siglip_tokenizer_from_the_folder_gives_hfs_ids(tmp_path):
 
 
 # ------------------------------------------------------------------ python -m jaxsup.export --format hf
-@pytest.mark.slow  # ~50 s on 2 cores: builds a run, one export subprocess, two zero-shot evals
-def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
-    """configs/clip_digits_openclip.py (bytes tokenizer) at its initial parameters, saved as train.py saves a run:
-    `jaxsup.export --format hf` -> CLIPModel.from_pretrained (no missing / unexpected key) gives jaxsup's
-    embeddings on a digits batch, and `jaxsup.eval --init hf:OUT` the run's own zero-shot metrics."""
+def digits_run(workdir: str):
+    """(config, workdir) of configs/clip_digits_openclip.py:runlocal,bytes at its initial parameters, saved
+    as train.py saves a run (checkpoint at step 1 and config.json); no train step is compiled."""
     import jax
 
-    from jaxsup import checkpoint, eval as eval_lib, experiment, export, sharding, workdir as workdir_lib
+    from jaxsup import checkpoint, experiment, sharding, workdir as workdir_lib
     from jaxsup.data import pipeline
 
-    from test_interop_commands import cli, digits_config
+    from test_interop_commands import digits_config
 
     config = digits_config()
-    workdir = str(tmp_path / "run")
     mesh = sharding.make_mesh(config.mesh)
     setup = experiment.build_experiment(config, mesh, pipeline.example_batch(config.data))
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
@@ -228,6 +225,20 @@ def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
     ckpt.save(1, state, {"step": 1, "seed": config.seed, "config": config.to_json_best_effort()})
     ckpt.close()
     workdir_lib.write_config(config.to_json_best_effort(indent=2), workdir)
+    return config, workdir
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: builds a run, one export subprocess, two zero-shot evals
+def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
+    """configs/clip_digits_openclip.py (bytes tokenizer) at its initial parameters, saved as train.py saves a run:
+    `jaxsup.export --format hf` -> CLIPModel.from_pretrained (no missing / unexpected key) gives jaxsup's
+    embeddings on a digits batch, and `jaxsup.eval --init hf:OUT` the run's own zero-shot metrics."""
+    from jaxsup import checkpoint, eval as eval_lib, export
+    from jaxsup.data import pipeline
+
+    from test_interop_commands import cli
+
+    config, workdir = digits_run(str(tmp_path / "run"))
     out = str(tmp_path / "hf")
     done = cli("jaxsup.export", "--workdir", workdir, "--format", "hf", "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]

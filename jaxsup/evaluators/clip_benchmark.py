@@ -242,6 +242,28 @@ class ClipBenchmarkEvaluator:
         return results
 
 
+NON_IMAGE_OPS = ("label_to_int32", "class_caption", "tokenize", "keep")
+
+
+def suite_entry(config: Any, datasets: Sequence[str], root: str, output_dir: str, pretrained: str = "jaxsup",
+                preprocess: Sequence[str] = ()) -> dict[str, Any]:
+    """The config.evals entry of `jaxsup.eval --suite clip_benchmark`: tokenizer, max_len and batch size
+    of the config's first zero_shot entry (else config.clip.tokenizer, the text tower's max_len,
+    config.batch_size); image ops `preprocess`, default config.data.eval_preprocess without its
+    label / caption / keep ops, after "decode" (the shards hold encoded images)."""
+    shot = next((e for e in config.evals.values() if e.get("type") == "zero_shot"), {})
+    text = config.model.get("text_kwargs") or {}
+    ops = tuple(preprocess) or tuple(op for op in config.data.eval_preprocess
+                                     if op.split(":")[0] not in NON_IMAGE_OPS)
+    if not ops or ops[0].split(":")[0] != "decode":
+        ops = ("decode", *ops)
+    return dict(type="clip_benchmark", root=root, datasets=tuple(datasets), output_dir=output_dir,
+                batch_size=shot.get("batch_size") or config.batch_size,
+                tokenizer=shot.get("tokenizer") or config.clip.get("tokenizer") or "bytes",
+                max_len=shot.get("max_len") or text.get("max_len", 77), preprocess=ops, every=0,
+                model=config.get("model_name") or "jaxsup", pretrained=pretrained)
+
+
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
     """CLIP_benchmark's `build` table: one row per result, metrics and fields side by side."""
     fields = sorted({k for row in rows for k in row})

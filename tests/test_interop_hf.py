@@ -66,9 +66,12 @@ def model_inputs(name: str, kwargs: dict, seed: int = 0) -> tuple[np.ndarray, np
     return np.random.default_rng(seed).normal(size=(3, size, size, 3)).astype(np.float32), tokens
 
 
-def assert_same_outputs(ours: dict, theirs: dict, tol: float = 1e-5) -> None:
-    for key in ("img", "txt", "logits"):
-        assert relative_error(ours[key], theirs[key]) <= tol, (key, relative_error(ours[key], theirs[key]))
+def assert_same_outputs(ours: dict, theirs: dict, tol: float = 1e-5, label: str = "") -> None:
+    """max |a - b| / max |b| <= tol for both embeddings and the logits (printed with -s)."""
+    errors = {key: relative_error(ours[key], theirs[key]) for key in ("img", "txt", "logits")}
+    print(f"\n{label} relative error: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    for key, error in errors.items():
+        assert error <= tol, (key, error)
 
 
 def saved(model, path, **kwargs) -> str:
@@ -81,7 +84,8 @@ def test_import_gives_hfs_embeddings(tmp_path, name):
     model = hf_model(name)
     flat, origin, kwargs = hf.import_folder(saved(model, tmp_path / "hf"))
     images, tokens = model_inputs(name, kwargs)
-    assert_same_outputs(jaxsup_outputs(TwoTower(**kwargs), flat, images, tokens), hf_outputs(model, images, tokens))
+    assert_same_outputs(jaxsup_outputs(TwoTower(**kwargs), flat, images, tokens), hf_outputs(model, images, tokens),
+                        label=f"import {name}: jaxsup vs HF")
     assert ("img/cls" in origin) == (CONFIGS[name][0] == "clip")
 
 
@@ -95,7 +99,8 @@ def test_export_loads_into_hf_and_round_trips(tmp_path, name):
     back, info = cls.from_pretrained(out, output_loading_info=True)
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
     images, tokens = model_inputs(name, kwargs, seed=1)
-    assert_same_outputs(hf_outputs(back.eval(), images, tokens), hf_outputs(model, images, tokens), tol=1e-6)
+    assert_same_outputs(hf_outputs(back.eval(), images, tokens), hf_outputs(model, images, tokens), tol=1e-6,
+                        label=f"export {name}: HF(exported) vs HF")
     again, _, kwargs_again = hf.import_folder(out)
     assert kwargs_again == kwargs and sorted(again) == sorted(flat)
     for key in flat:
@@ -250,7 +255,7 @@ def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
     ours = jaxsup_outputs(TwoTower(**{**config.model.to_dict(), "text_kwargs": {
         **config.model.text_kwargs.to_dict(), "vocab_size": flat["txt/token_embedding/embedding"].shape[0]}}),
         flat, images, tokens)
-    assert_same_outputs(ours, hf_outputs(model.eval(), images, tokens))
+    assert_same_outputs(ours, hf_outputs(model.eval(), images, tokens), label="digits run: jaxsup vs HF(exported)")
     assert eval_lib.evaluate(config, init=f"hf:{out}") == pytest.approx(eval_lib.evaluate(config, workdir=workdir),
                                                                          abs=1e-6)
     with pytest.raises(ConfigError, match="Refusing to overwrite"):

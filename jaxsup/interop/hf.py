@@ -86,7 +86,7 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ config <-> jaxsup kwargs
 def _tower(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    return cfg.get(f"{name}_config") or {}
+    return cfg.get(f"{name}_config") or cfg.get(f"{name}_config_dict") or {}  # _dict: configs before transformers 4.2x
 
 
 def _act(tower: dict[str, Any], default: str, where: str) -> str:

@@ -6,7 +6,8 @@ A dataset folder (CLIP_benchmark's `wds_*` layout, as `clip_benchmark_export_wds
                                                                <key>.cls (class id) or <key>.txt (captions, one a line)
     classnames.txt, zeroshot_classification_templates.txt     (classification: templates use "{c}")
     dataset_type.txt                                           "retrieval" (absent: classification)
-Never downloads. Metrics as CLIP_benchmark 1.6.2 computes them (clip_benchmark/metrics/zeroshot_*.py):
+Never downloads. Metrics as CLIP_benchmark 1.6.2 computes them (its metrics.zeroshot_classification and
+metrics.zeroshot_retrieval modules):
   classification  acc1, acc5 (NaN under 5 classes), mean_per_class_recall (balanced accuracy);
                   classifier row = unit mean of the class's unit prompt embeddings (zero_shot.text_classifier)
   retrieval       image_retrieval_recall@k (per caption: its image in the top k images),

@@ -5,7 +5,7 @@
 
 A folder holds config.json (`architectures` ["CLIPModel"] or ["SiglipModel"]) and
 model.safetensors, or shards named by model.safetensors.index.json. HF's names
-(transformers 5.x modeling_clip.py / modeling_siglip.py):
+(the state dicts of transformers 5.x `CLIPModel` / `SiglipModel`):
   CLIP    vision_model.embeddings.{class_embedding, patch_embedding (no bias), position_embedding [N+1, D]},
           vision_model.pre_layrnorm, .encoder.layers.{i}.{self_attn.{q,k,v,out}_proj, layer_norm1/2, mlp.fc1/2},
           .post_layernorm, visual_projection [E, D]; text_model.embeddings.{token,position}_embedding,

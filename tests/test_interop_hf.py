@@ -215,20 +215,12 @@ def test_siglip_tokenizer_from_the_folder_gives_hfs_ids(tmp_path):
 def digits_run(workdir: str):
     """(config, workdir) of configs/clip_digits_openclip.py:runlocal,bytes at its initial parameters, saved
     as train.py saves a run (checkpoint at step 1 and config.json); no train step is compiled."""
-    import jax
+    from jaxsup import workdir as workdir_lib
 
-    from jaxsup import checkpoint, experiment, sharding, workdir as workdir_lib
-    from jaxsup.data import pipeline
-
-    from test_interop_commands import digits_config
+    from test_interop_commands import digits_config, save_initial_run
 
     config = digits_config()
-    mesh = sharding.make_mesh(config.mesh)
-    setup = experiment.build_experiment(config, mesh, pipeline.example_batch(config.data))
-    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
-    ckpt = checkpoint.Checkpointer(workdir, every=1, async_save=False)
-    ckpt.save(1, state, {"step": 1, "seed": config.seed, "config": config.to_json_best_effort()})
-    ckpt.close()
+    save_initial_run(config, workdir)
     workdir_lib.write_config(config.to_json_best_effort(indent=2), workdir)
     return config, workdir
 

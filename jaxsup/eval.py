@@ -76,12 +76,15 @@ def restored_variables(workdir: str, step: int, abstract: tuple[Any, Any], shard
     return out[0], out[1]
 
 
-def evaluate(config: Any, workdir: str | None = None, init: str | None = None, step: int = -1) -> dict[str, float]:
-    """Runs config.evals on a checkpoint (workdir) or an imported model (init); returns the metrics."""
+def evaluate(config: Any, workdir: str | None = None, init: str | None = None, step: int = -1,
+             example: dict[str, Any] | None = None) -> dict[str, float]:
+    """Runs config.evals on a checkpoint (workdir) or an imported model (init); returns the metrics.
+
+    example: a batch of one giving the model's input shapes (default: config.data's first train example)."""
     if (workdir is None) == (init is None):
         raise ConfigError("jaxsup.eval needs exactly one of --workdir DIR or --init FORMAT:PATH.")
     mesh = sharding.make_mesh(config.mesh)
-    data = experiment.data_info(config, mesh)
+    data = experiment.data_info(config, mesh, example)
     task = experiment.build_task(config, mesh, data)
     example = jax.tree.map(lambda x: np.asarray(x)[:1], data.example)
     abstract = abstract_variables(task, example)
@@ -103,22 +106,26 @@ def evaluate(config: Any, workdir: str | None = None, init: str | None = None, s
     return results
 
 
+def with_suite(config: Any) -> tuple[Any, dict[str, Any]]:
+    """(config with --suite's entry as its only eval, a batch of one for the shapes from the suite's data)."""
+    if not FLAGS.datasets or not FLAGS.dataset_root or not FLAGS.output_dir:
+        raise ConfigError("--suite clip_benchmark needs --datasets, --dataset_root and --output_dir.")
+    source = FLAGS.init.partition(":")[2] if FLAGS.init else (FLAGS.workdir or "")
+    entry = clip_benchmark.suite_entry(config, FLAGS.datasets, FLAGS.dataset_root, FLAGS.output_dir,
+                                       os.path.basename(os.path.normpath(source)), FLAGS.suite_preprocess)
+    with config.unlocked():
+        config.evals = ml_collections.ConfigDict({"clip_benchmark": entry})
+    return config, clip_benchmark.suite_example(entry)  # the config's training data is not read
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise ConfigError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:
         raise ConfigError("--config is required.")
     cli.setup_logging()
-    config = FLAGS.config
-    if FLAGS.suite:
-        if not FLAGS.datasets or not FLAGS.dataset_root or not FLAGS.output_dir:
-            raise ConfigError("--suite clip_benchmark needs --datasets, --dataset_root and --output_dir.")
-        source = FLAGS.init.partition(":")[2] if FLAGS.init else (FLAGS.workdir or "")
-        entry = clip_benchmark.suite_entry(config, FLAGS.datasets, FLAGS.dataset_root, FLAGS.output_dir,
-                                           os.path.basename(os.path.normpath(source)), FLAGS.suite_preprocess)
-        with config.unlocked():
-            config.evals = ml_collections.ConfigDict({"clip_benchmark": entry})
-    results = evaluate(config, FLAGS.workdir, FLAGS.init, FLAGS.step)
+    config, example = with_suite(FLAGS.config) if FLAGS.suite else (FLAGS.config, None)
+    results = evaluate(config, FLAGS.workdir, FLAGS.init, FLAGS.step, example)
     line = json.dumps(results, sort_keys=True)
     print(line)
     if FLAGS.results:

@@ -261,7 +261,8 @@ def test_the_command_on_the_digits_gives_the_configs_own_zero_shot_top1(tmp_path
     (folder / "zeroshot_classification_templates.txt").write_text("\n".join(t.replace("{name}", "{c}") for t in templates))
     done = cli("jaxsup.eval", "--config", CONFIG, "--workdir", workdir, "--suite", "clip_benchmark",
                "--datasets", "digits", "--dataset_root", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-               "--suite_preprocess", "decode:channels=1", "--suite_preprocess", "image_to_float")
+               "--suite_preprocess", "decode:channels=1", "--suite_preprocess", "image_to_float",
+               "--config.data.name", "imagenet2012")  # not prepared here: the suite reads no training data
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\nzero_shot/top1 {top1:.6f}, suite {printed}")

@@ -265,6 +265,17 @@ def suite_entry(config: Any, datasets: Sequence[str], root: str, output_dir: str
                 model=config.get("model_name") or "jaxsup", pretrained=pretrained)
 
 
+def suite_example(entry: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch of one for the model's shapes (so `--suite` needs no training data): the first dataset's
+    first image through the entry's image ops, and one tokenized caption."""
+    paths = shard_paths(dataset_dir(entry["root"], entry["datasets"][0]), entry.get("split", "test"))
+    for path, key, parts in samples(paths[:1]):
+        image = preprocess_lib.build(tuple(entry["preprocess"]))({"image": sample_image(path, key, parts)})["image"]
+        tokens = image_text.cached_tokenizer(entry["tokenizer"]).encode(["a photo"], entry["max_len"])
+        return {"image": np.asarray(image)[None], "tokens": tokens}
+    raise DataError(f"CLIP_benchmark shard {paths[0]!r} holds no samples.")
+
+
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
     """CLIP_benchmark's `build` table: one row per result, metrics and fields side by side."""
     fields = sorted({k for row in rows for k in row})

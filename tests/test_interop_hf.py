@@ -105,6 +105,9 @@ def test_export_loads_into_hf_and_round_trips(tmp_path, name):
     assert kwargs_again == kwargs and sorted(again) == sorted(flat)
     for key in flat:
         np.testing.assert_array_equal(again[key], flat[key], err_msg=key)
+    masked = {**kwargs, "text_kwargs": {**kwargs["text_kwargs"], "mask_padding": True}}  # not in the params
+    with pytest.raises(ConfigError, match="no Hugging Face .* equivalent"):
+        hf.hf_config(flat, masked)
 
 
 def test_init_hf_through_load_for_model_and_sharded_folders(tmp_path):

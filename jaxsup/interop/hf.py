@@ -132,10 +132,27 @@ def two_tower_kwargs(cfg: dict[str, Any], arch: str, where: str = "config.json")
                 loss="sigmoid", project=False)
 
 
+# What HF's text towers do, in jaxsup's TextTransformer options (its defaults: causal, "eos", mask_padding).
+_TEXT_DEFAULTS = dict(causal=True, pool_type="eos", mask_padding=True)
+HF_TEXT = {True: dict(causal=True, pool_type="argmax", mask_padding=False),  # CLIPModel
+           False: dict(causal=False, pool_type="last", mask_padding=False)}  # SiglipModel
+
+
+def check_text_tower(text_kwargs: dict[str, Any], clip: bool) -> None:
+    """ConfigError unless the run's text tower does what HF's CLIP (clip) / SigLIP text tower does
+    (options that leave no trace in the parameters)."""
+    want = HF_TEXT[clip]
+    have = {k: text_kwargs.get(k, _TEXT_DEFAULTS[k]) for k in want}
+    if have != want:
+        raise ConfigError(f"The run's text tower {have} has no Hugging Face {'CLIP' if clip else 'SigLIP'} "
+                          f"equivalent (it needs {want}).")
+
+
 def hf_config(flat: dict[str, np.ndarray], model: dict[str, Any]) -> dict[str, Any]:
     """config.json for jaxsup flat params, sizes read from the shapes; `model` (the run's two_tower
     kwargs) gives act and norm_eps of each tower."""
     clip = "img/MAPHead_0/probe" not in flat
+    check_text_tower(dict(model.get("text_kwargs") or {}), clip)
     patch, _, channels, width = flat["img/embedding/kernel"].shape
     n_pos = flat["img/pos_embedding"].shape[1]
     side = int(round(n_pos ** 0.5))

@@ -215,6 +215,24 @@ def test_siglip_tokenizer_from_the_folder_gives_hfs_ids(tmp_path):
 
 
 # ------------------------------------------------------------------ python -m jaxsup.export --format hf
+def hf_zero_shot(model, config) -> dict[str, float]:
+    """config.evals.zero_shot run with a transformers model computing the embeddings."""
+    from jaxsup import registry, sharding
+
+    def predict(batch):
+        with torch.no_grad():
+            if "image" in batch:
+                z = model.get_image_features(pixel_values=torch.from_numpy(np.asarray(batch["image"]).transpose(0, 3, 1, 2)))
+                return {"zimg": getattr(z, "pooler_output", z).numpy()}
+            z = model.get_text_features(input_ids=torch.from_numpy(np.asarray(batch["tokens"]).astype(np.int64)))
+            return {"ztxt": getattr(z, "pooler_output", z).numpy()}
+
+    mesh = sharding.make_mesh(config.mesh)
+    evaluator = registry.get("evaluator", "zero_shot")(config.evals.zero_shot, config.data,
+                                                        sharding.batch_sharding(mesh, config.batch_axes))
+    return evaluator.evaluate(predict)
+
+
 def digits_run(workdir: str):
     """(config, workdir) of configs/clip_digits_openclip.py:runlocal,bytes at its initial parameters, saved
     as train.py saves a run (checkpoint at step 1 and config.json); no train step is compiled."""
@@ -251,7 +269,9 @@ def test_export_of_a_digits_run_loads_into_hf_and_evaluates_the_same(tmp_path):
         **config.model.text_kwargs.to_dict(), "vocab_size": flat["txt/token_embedding/embedding"].shape[0]}}),
         flat, images, tokens)
     assert_same_outputs(ours, hf_outputs(model.eval(), images, tokens), label="digits run: jaxsup vs HF(exported)")
-    assert eval_lib.evaluate(config, init=f"hf:{out}") == pytest.approx(eval_lib.evaluate(config, workdir=workdir),
-                                                                         abs=1e-6)
+    logged = eval_lib.evaluate(config, workdir=workdir)
+    assert eval_lib.evaluate(config, init=f"hf:{out}") == pytest.approx(logged, abs=1e-6)
+    # HF's own model under the config's zero-shot evaluator (its images and prompts): the same top-1
+    assert hf_zero_shot(model, config)["top1"] == pytest.approx(logged["zero_shot/top1"], abs=1e-6)
     with pytest.raises(ConfigError, match="Refusing to overwrite"):
         export.export_run(workdir, "hf", out)

@@ -2,10 +2,13 @@
 
     python -m jaxsup.eval --config configs/clip_digits.py --workdir /tmp/jaxsup/clip_digits
     python -m jaxsup.eval --config configs/zero_shot_imagenet.py --init open_clip:/ckpt/ViT-B-32.safetensors
+    python -m jaxsup.eval --config configs/zero_shot_imagenet.py --init hf:/ckpt/clip-vit-base-patch32 \
+        --suite clip_benchmark --datasets wds/cifar10,wds/flickr30k --dataset_root /data/clip_benchmark \
+        --output_dir /tmp/cb_results       # CLIP_benchmark's wds_* folders and result files (docs/clip_benchmark.md)
 
 Builds the config's task on its mesh, restores only the parameters (a run's
-latest or --step checkpoint; or `--init FORMAT:PATH`, FORMAT "open_clip" or
-"big_vision", checked against the model's shapes before anything is placed on
+latest or --step checkpoint; or `--init FORMAT:PATH`, FORMAT "open_clip",
+"big_vision" or "hf", checked against the model's shapes before anything is placed on
 devices), and runs every `config.evals` entry through the jitted `task.predict`:
 no optimizer state and no train step is built or compiled. Prints one JSON
 line of metrics (and writes it to --results if given).
@@ -14,15 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import flags
 
 from jaxsup import checkpoint, cli, experiment, sharding
 from jaxsup.errors import ConfigError
+from jaxsup.evaluators import clip_benchmark
 from jaxsup.interop import convert
 
 log = logging.getLogger("jaxsup")
@@ -32,9 +38,15 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     cli.define_config_flags("A run's workdir: evaluate its checkpoint (or use --init).")
     flags.DEFINE_string("init", None, "FORMAT:PATH of a public checkpoint (open_clip:*.safetensors|.pt|.bin, "
-                        "big_vision:*.npz) instead of --workdir.")
+                        "big_vision:*.npz, hf:DIR) instead of --workdir.")
     flags.DEFINE_integer("step", -1, "Checkpoint step of --workdir; -1: the latest.")
     flags.DEFINE_string("results", None, "Also write the metrics as JSON to this file.")
+    flags.DEFINE_enum("suite", None, ["clip_benchmark"], "Run this suite instead of config.evals.")
+    flags.DEFINE_list("datasets", [], "--suite clip_benchmark: dataset names (folders under --dataset_root).")
+    flags.DEFINE_string("dataset_root", None, "--suite clip_benchmark: folder of the datasets (or a path with {dataset}).")
+    flags.DEFINE_string("output_dir", None, "--suite clip_benchmark: where the result JSON files go.")
+    flags.DEFINE_multi_string("suite_preprocess", [], "--suite: image ops from the encoded image (default: the "
+                              "config's eval image ops after decode).")
 
 
 def abstract_variables(task: Any, example: dict[str, Any]) -> tuple[Any, Any]:
@@ -64,12 +76,15 @@ def restored_variables(workdir: str, step: int, abstract: tuple[Any, Any], shard
     return out[0], out[1]
 
 
-def evaluate(config: Any, workdir: str | None = None, init: str | None = None, step: int = -1) -> dict[str, float]:
-    """Runs config.evals on a checkpoint (workdir) or an imported model (init); returns the metrics."""
+def evaluate(config: Any, workdir: str | None = None, init: str | None = None, step: int = -1,
+             example: dict[str, Any] | None = None) -> dict[str, float]:
+    """Runs config.evals on a checkpoint (workdir) or an imported model (init); returns the metrics.
+
+    example: a batch of one giving the model's input shapes (default: config.data's first train example)."""
     if (workdir is None) == (init is None):
         raise ConfigError("jaxsup.eval needs exactly one of --workdir DIR or --init FORMAT:PATH.")
     mesh = sharding.make_mesh(config.mesh)
-    data = experiment.data_info(config, mesh)
+    data = experiment.data_info(config, mesh, example)
     task = experiment.build_task(config, mesh, data)
     example = jax.tree.map(lambda x: np.asarray(x)[:1], data.example)
     abstract = abstract_variables(task, example)
@@ -91,13 +106,26 @@ def evaluate(config: Any, workdir: str | None = None, init: str | None = None, s
     return results
 
 
+def with_suite(config: Any) -> tuple[Any, dict[str, Any]]:
+    """(config with --suite's entry as its only eval, a batch of one for the shapes from the suite's data)."""
+    if not FLAGS.datasets or not FLAGS.dataset_root or not FLAGS.output_dir:
+        raise ConfigError("--suite clip_benchmark needs --datasets, --dataset_root and --output_dir.")
+    source = FLAGS.init.partition(":")[2] if FLAGS.init else (FLAGS.workdir or "")
+    entry = clip_benchmark.suite_entry(config, FLAGS.datasets, FLAGS.dataset_root, FLAGS.output_dir,
+                                       os.path.basename(os.path.normpath(source)), FLAGS.suite_preprocess)
+    with config.unlocked():
+        config.evals = ml_collections.ConfigDict({"clip_benchmark": entry})
+    return config, clip_benchmark.suite_example(entry)  # the config's training data is not read
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise ConfigError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:
         raise ConfigError("--config is required.")
     cli.setup_logging()
-    results = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.init, FLAGS.step)
+    config, example = with_suite(FLAGS.config) if FLAGS.suite else (FLAGS.config, None)
+    results = evaluate(config, FLAGS.workdir, FLAGS.init, FLAGS.step, example)
     line = json.dumps(results, sort_keys=True)
     print(line)
     if FLAGS.results:

@@ -38,17 +38,22 @@ def forbidden(*args, **kwargs):
     raise AssertionError("jaxsup.eval must not build an optimizer or a train step")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(workdir holding a checkpoint at step 1, the metrics `jaxsup.eval --workdir` gives for it)."""
-    workdir = str(tmp_path_factory.mktemp("clip_oc"))
-    config = digits_config()
+def save_initial_run(config, workdir: str) -> None:
+    """A checkpoint at step 1 of `config`'s initial parameters in `workdir`, as train.py writes it."""
     mesh = sharding.make_mesh(config.mesh)
     setup = experiment.build_experiment(config, mesh, pipeline.example_batch(config.data))
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(setup.init_rng)
     ckpt = checkpoint.Checkpointer(workdir, every=1, async_save=False)
     ckpt.save(1, state, {"step": 1, "seed": config.seed, "config": config.to_json_best_effort()})
     ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(workdir holding a checkpoint at step 1, the metrics `jaxsup.eval --workdir` gives for it)."""
+    workdir = str(tmp_path_factory.mktemp("clip_oc"))
+    config = digits_config()
+    save_initial_run(config, workdir)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(experiment, "make_train_step", forbidden)
         patch.setattr(experiment.optim, "make_optimizer", forbidden)

@@ -5,7 +5,8 @@
     export_flat("open_clip", flat)  /  export_flat("npz", flat)
 
 Formats: "open_clip" (OpenAI / open_clip state dicts: .pt/.bin/.pth/.safetensors),
-"big_vision" (a big_vision SigLIP / LiT .npz). Trees are nested dicts; flat keys join with "/".
+"big_vision" (a big_vision SigLIP / LiT .npz), "hf" (a Hugging Face CLIPModel / SiglipModel folder,
+jaxsup/interop/hf.py). Trees are nested dicts; flat keys join with "/".
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxsup.errors import CheckpointError, ConfigError
-from jaxsup.interop import big_vision, files, open_clip, resample
+from jaxsup.interop import big_vision, files, hf, open_clip, resample
 from jaxsup.interop.rules import check_against  # noqa: F401 (re-exported)
 
-IMPORT_FORMATS = ("open_clip", "big_vision")
-EXPORT_FORMATS = ("open_clip", "npz")
+IMPORT_FORMATS = ("open_clip", "big_vision", "hf")
+EXPORT_FORMATS = ("open_clip", "npz", "hf")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -68,6 +69,9 @@ def import_arrays(fmt: str, arrays: dict[str, np.ndarray], img_heads: int, txt_h
 
 def import_file(fmt: str, path: str, img_heads: int, txt_heads: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Reads `path` and converts it (see import_arrays); CheckpointError for a bad file."""
+    if fmt == "hf":  # a folder: config.json + safetensors (jaxsup.interop.hf)
+        flat, origin, _ = hf.import_folder(path)
+        return flat, origin
     arrays = files.read_arrays(path)
     if fmt == "big_vision" and files.file_format(path) != "npz":
         raise ConfigError(f"big_vision checkpoints are .npz files, got {path!r}.")
@@ -141,6 +145,8 @@ def export_flat(fmt: str, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return open_clip.export_two_tower(flat, layout)
     if fmt == "npz":
         return big_vision.export_two_tower(flat)
+    if fmt == "hf":
+        return hf.export_arrays(flat)
     raise ConfigError(f"Unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}.")
 
 
@@ -149,6 +155,8 @@ OUT_SUFFIX = {"open_clip": ".safetensors", "npz": ".npz"}
 
 def check_out(fmt: str, path: str) -> None:
     """ConfigError unless `path` suits `fmt` and can be created without replacing a file."""
+    if fmt == "hf":  # a new folder
+        return hf.check_out_folder(path)
     if fmt not in OUT_SUFFIX:
         raise ConfigError(f"Unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}.")
     if not path.endswith(OUT_SUFFIX[fmt]):
@@ -156,7 +164,10 @@ def check_out(fmt: str, path: str) -> None:
     files.check_new_path(path)
 
 
-def write(fmt: str, arrays: dict[str, np.ndarray], path: str) -> None:
-    """Writes exported arrays: safetensors for "open_clip", .npz for "npz"."""
+def write(fmt: str, arrays: dict[str, np.ndarray], path: str, hf_config: dict[str, Any] | None = None) -> None:
+    """Writes exported arrays: safetensors for "open_clip", .npz for "npz", a folder (with `hf_config`
+    as its config.json) for "hf"."""
+    if fmt == "hf":
+        return hf.write_folder(arrays, hf_config or {}, path)
     check_out(fmt, path)
     (files.write_safetensors if fmt == "open_clip" else files.write_npz)(arrays, path)

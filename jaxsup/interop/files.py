@@ -68,7 +68,7 @@ def write_safetensors(flat: dict[str, np.ndarray], path: str) -> None:
     """Writes {name: array} as safetensors (readable by `safetensors.torch.load_file`)."""
     header, chunks, offset = {}, [], 0
     for name in sorted(flat):
-        arr = np.ascontiguousarray(flat[name])
+        arr = np.ascontiguousarray(flat[name]).reshape(np.shape(flat[name]))  # keeps 0-d tensors 0-d
         raw = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
         header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)

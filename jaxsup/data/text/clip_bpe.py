@@ -100,7 +100,8 @@ class ClipBpeTokenizer:
         if not os.path.isfile(path):
             raise ConfigError(f"CLIP BPE vocabulary file not found: {path!r}.")
         try:
-            lines = gzip.open(path).read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
+            opener = gzip.open if path.endswith(".gz") else open  # HF's merges.txt: the same lines, plain
+            lines = opener(path, "rb").read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path!r} is not a gzipped CLIP BPE vocabulary ({e}).") from None
         merges = [tuple(line.split()) for line in lines]

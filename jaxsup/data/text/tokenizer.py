@@ -94,7 +94,8 @@ Tokenizer = ByteTokenizer | SentencePieceTokenizer
 
 
 def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
-    """"bytes" -> ByteTokenizer; "clip", "clip:PATH" or a path ending in .txt.gz -> the CLIP BPE
+    """"bytes" -> ByteTokenizer; "hf:DIR" -> the tokenizer files of a Hugging Face folder
+    (hf_tokenizer.py); "clip", "clip:PATH" or a path ending in .txt.gz -> the CLIP BPE
     (jaxsup/data/text/clip_bpe.py); a path to a SentencePiece .model -> SentencePieceTokenizer.
 
     add_bos None keeps each tokenizer's default (bytes: True, SentencePiece: False).
@@ -102,6 +103,10 @@ def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
     kwargs = {} if add_bos is None else {"add_bos": add_bos}
     if name_or_path == "bytes":
         return ByteTokenizer(**kwargs)
+    if name_or_path.startswith("hf:"):  # a Hugging Face model folder's own tokenizer files
+        from jaxsup.data.text.hf_tokenizer import folder_tokenizer  # noqa: PLC0415
+
+        return folder_tokenizer(name_or_path[3:], SentencePieceTokenizer)
     if name_or_path == "clip" or name_or_path.startswith("clip:") or name_or_path.endswith(".txt.gz"):
         from jaxsup.data.text.clip_bpe import ClipBpeTokenizer  # noqa: PLC0415 (needs ftfy + regex)
 

@@ -24,6 +24,11 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
             *("| " + " | ".join(str(v) for v in row) + " |" for row in rows), ""]
 
 
+def times(x: float) -> str:
+    """A ratio as "1.23", or "–" where there is nothing to compare with (nan)."""
+    return f"{x:.2f}" if x == x else "–"
+
+
 def spread(r: dict, key: str) -> str:
     return f"{r[key]:.0f} [{r[key + '_min']:.0f}–{r[key + '_max']:.0f}]"
 
@@ -61,7 +66,7 @@ def bench_tables(report: dict) -> list[str]:
                   + ", ".join(f"{k} {v:.2f}" for k, v in block["mean_abs_diff"].items()) + ".", ""]
         rows = [[r["impl"] + (" pipeline" if r["kind"] == "pipeline" else ""), r["antialias"], r["threads"],
                  spread(r, "images_per_s"), spread(r, "images_per_cpu_s"),
-                 f"{ratio(res, r, 'tf.data'):.2f}", f"{ratio(res, r, 'jaxsup Pillow'):.2f}"] for r in res.values()]
+                 times(ratio(res, r, "tf.data")), times(ratio(res, r, "jaxsup Pillow"))] for r in res.values()]
         lines += table(["contender", "antialias", "threads", "images/s", "img/CPU-s", "vs tf.data", "vs Pillow"],
                        rows)
     return lines

@@ -12,6 +12,7 @@ from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import jpeg_bench  # noqa: E402
+import jpeg_tables  # noqa: E402
 
 from jaxsup.data import resize  # noqa: E402
 
@@ -48,3 +49,18 @@ def test_report_has_medians_spread_load_and_skips_tf_cleanly(tmp_path, monkeypat
     assert block["mean_abs_diff"]["[jpeg] vs Pillow aa=1"] <= 0.25 or not report["turbo"]
     json.dumps(report)
     jpeg_bench.print_report(report)
+    text = "\n".join(jpeg_tables.bench_tables(report))
+    assert "tf.data not importable (column skipped)" in text
+    assert "| 400-640px | 1 | 1 |" in text and "no tf.data" in text or not report["turbo"]
+
+
+def test_docs_tables_are_the_scripts_output_of_the_committed_json():
+    """docs/host_jpeg.md's measured tables are jpeg_tables.py's output of benchmarks/results/*.json."""
+    results = os.path.join(ROOT, "benchmarks", "results")
+    with open(os.path.join(results, "host_jpeg.json")) as f:
+        lines = jpeg_tables.bench_tables(json.load(f))
+    with open(os.path.join(results, "host_jpeg_scaling.json")) as f:
+        lines += jpeg_tables.scaling_tables(json.load(f))
+    with open(os.path.join(ROOT, "docs", "host_jpeg.md")) as f:
+        doc = f.read()
+    assert "\n".join(lines).strip() in doc

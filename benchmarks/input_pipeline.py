@@ -24,8 +24,10 @@ processes, via psutil) side by side:
 --jpeg runs only the JPEG decode comparison (benchmarks/jpeg_bench.py): jaxsup's
 libjpeg-turbo window decode vs its Pillow path, antialias on and off, 1 and 2 threads, on
 400-640 px and 1000-2000 px photo-like JPEGs (q85-95, 4:2:0 and 4:4:4), plus tf.data's
-decode_and_crop_jpeg on the same windows when TensorFlow is importable (the `[tf]` extra;
-without it the column is skipped and the report says so). Load averages before/after are recorded.
+decode_and_crop_jpeg on the same windows when TensorFlow is importable (the `[tf]` extra, in a
+side venv; without it the column is skipped and the report says so). Every contender makes
+uint8 [32, 224, 224, 3] batches; medians with min-max over the rounds; load averages recorded
+before, after and at each round.
 """
 from __future__ import annotations
 
@@ -237,7 +239,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="train steps per loop measurement")
     parser.add_argument("--jpeg", action="store_true", help="only the JPEG decode comparison (jpeg_bench.py)")
     parser.add_argument("--small", type=int, default=192, help="--jpeg: 400-640 px JPEGs")
-    parser.add_argument("--large", type=int, default=48, help="--jpeg: 1000-2000 px JPEGs")
+    parser.add_argument("--large", type=int, default=64, help="--jpeg: 1000-2000 px JPEGs")
     parser.add_argument("--json", default=None, help="--jpeg: also write the report here")
     args = parser.parse_args()
     if args.jpeg:

@@ -12,10 +12,10 @@ from helpers import ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_suite  # noqa: E402
 
-STAGES = ["env", "pytest_gpu", "contrastive", "fused_kd", "train_step", "train_step_remat"]
+STAGES = ["env", "pytest_gpu", "contrastive", "fused_kd", "train_step", "train_step_remat", "host_jpeg"]
 
 
-def test_dry_run_prints_the_full_plan_within_eight_minutes(capsys):
+def test_dry_run_prints_the_full_plan_within_the_budget(capsys):
     assert gpu_suite.main(["--dry-run"]) == 0
     text = capsys.readouterr().out
     lines = {line.split()[0]: line for line in text.splitlines()[1:]}
@@ -27,8 +27,9 @@ def test_dry_run_prints_the_full_plan_within_eight_minutes(capsys):
     for stage, remat in (("train_step", "--remat off"), ("train_step_remat", "--remat on")):
         assert all(w in lines[stage] for w in ("configs/clip_vit_b16.py ", "--batch 256 --per_device",
                                                "--impls chunked,pallas", remat))
+    assert all(w in lines["host_jpeg"] for w in ("benchmarks/jpeg_scaling.py", "--workers 1,2,4,8,16"))
     stages = gpu_suite.plan(smoke=False)
-    assert sum(s.timeout_s for s in stages) <= 470 < 8 * 60  # the stages' limits; the suite's budget is 470 s
+    assert sum(s.timeout_s for s in stages) <= 550 < 9.5 * 60  # the stages' limits; the suite's budget is 550 s
     with pytest.raises(SystemExit):
         gpu_suite.main(["--dry-run", "--stages", "nope"])
 
@@ -51,5 +52,9 @@ def test_cpu_smoke_runs_every_stage_and_writes_one_report(tmp_path):
     assert data["train_step"]["variants"]["chunked"]["step_ms"] > 0
     assert data["train_step_remat"]["variants"]["chunked+remat"]["step_ms"] > 0
     assert "skipped" in data["train_step"]["variants"]["pallas"]
+    host = data["host_jpeg"]["results"]
+    assert {(r["how"], r["kind"], r["workers"]) for r in host.values()} == {
+        (how, kind, n) for how in ("threads", "processes") for kind in ("bare", "pipeline") for n in (1,)}
+    assert all(r["images_per_cpu_s"] > 0 for r in host.values()) and data["host_jpeg"]["model"]["cores"] == 16
     markdown = (out / "report.md").read_text()
     assert all(f"## {name}" in markdown for name in STAGES[:1] + STAGES[2:])

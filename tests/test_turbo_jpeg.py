@@ -200,3 +200,29 @@ def test_threads_share_nothing_and_get_the_serial_results():
         t.join()
     for i, want in enumerate(serial):
         np.testing.assert_array_equal(results[i], want)
+
+
+@needs_turbo
+def test_one_header_parse_per_crop_and_repeats_decode_the_same(monkeypatch):
+    """The size lookups and the window decode share one parse; a second decode of the same bytes
+    (the handle no longer holds their header) parses again and gives the same image."""
+    lib, calls = turbo_jpeg.load_library(), []
+    parse = lib.tj3DecompressHeader
+    monkeypatch.setattr(lib, "tj3DecompressHeader", lambda *a: calls.append(1) or parse(*a))
+    data = bytes(KINDS["444"])  # a fresh object: nothing cached for it
+    first = run(["inception_crop:64"], data, index=3)["image"]
+    assert len(calls) == 1
+    again = run(["inception_crop:64"], data, index=3)["image"]
+    other = run(["inception_crop:64"], KINDS["420"], index=3)["image"]
+    assert len(calls) == 3 and run(["inception_crop:64"], data, index=3)["image"].tobytes() == first.tobytes()
+    np.testing.assert_array_equal(again, first)
+    assert other.shape == first.shape
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7, 1), (4, 6, 4), (3, 5)])
+def test_flip_is_numpys_reversed_columns(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    got = resize.flip_lr(image[:, 1:] if len(shape) == 3 else image)  # a non-contiguous view too
+    want = (image[:, 1:] if len(shape) == 3 else image)[:, ::-1]
+    assert got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)

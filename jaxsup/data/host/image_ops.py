@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from jaxsup.data.host import turbo_jpeg
-from jaxsup.data.host.resize import resize_window
+from jaxsup.data.host.resize import flip_lr as flipped, resize_window
 from jaxsup.data.host.preprocess import RNG_KEY, Example, example_rng, register_op
 from jaxsup.errors import ConfigError, DataError
 
@@ -322,7 +322,7 @@ def flip_lr(arg: str = "") -> Callable[[Example], Example]:
     def op(ex: Example) -> Example:
         image = np.asarray(get_image(ex, "flip_lr"))
         flip = example_rng(ex, salt).uniform() < kw["prob"]
-        return {**ex, "image": np.ascontiguousarray(image[:, ::-1]) if flip else image}
+        return {**ex, "image": flipped(image) if flip else image}
 
     return op
 

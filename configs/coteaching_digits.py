@@ -1,4 +1,4 @@
-"""Co-teaching on digits with synthetic label noise (jaxsup/tasks/coteaching.py).
+"""Co-teaching on digits with synthetic label noise (jaxsup/tasks/coteaching/task.py).
 
     python -m jaxsup.train --config configs/coteaching_digits.py --workdir /tmp/jaxsup/ct
     python -m jaxsup.train --config configs/coteaching_digits.py:ce --workdir /tmp/jaxsup/ct_ce

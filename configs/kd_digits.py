@@ -8,7 +8,7 @@ The teacher is any finished run, e.g. the default supervised CNN (all of train):
 
 The student (MLP, one hidden layer of 64) sees only train[:5%] (72 labelled
 images) with loss alpha * T^2 KL(teacher || student) + (1 - alpha) * CE at
-T = 2, alpha = 0.9 (task "distill", jaxsup/tasks/distill.py). The teacher's
+T = 2, alpha = 0.9 (task "distill", jaxsup/tasks/distill/task.py). The teacher's
 model is read from its run's config.json. Baseline: the same student trained
 with CE on the same 72 labelled images (scripts/kd_digits_seeds.py runs both
 over seeds; its `scratch_baseline_overrides` gives the baseline's settings).
@@ -17,7 +17,7 @@ over seeds; its `scratch_baseline_overrides` gives the baseline's settings).
 (alpha = 1: pure KD, labels dropped from the train batches), "fused_head"
 (KD + CE from the student's features and head weights, the teacher as its
 features and head: no [B, K] logits in the train step, as a many-class or
-vocabulary-sized head needs; distill.fused_head in jaxsup/tasks/distill.py),
+vocabulary-sized head needs; distill.fused_head in jaxsup/tasks/distill/task.py),
 "runlocal" (20 steps).
 """
 from jaxsup.config import base_config, digits_schedule, parse_switches, shrink_for_runlocal

@@ -3,7 +3,7 @@
     python -m jaxsup.train --config configs/look_digits.py --workdir /tmp/jaxsup/look
     python -m jaxsup.train --config configs/look_digits.py:ce --workdir /tmp/jaxsup/look_ce
 
-Task "look" (jaxsup/tasks/look.py): a CNN 32-64 pre-trained on the train images
+Task "look" (jaxsup/tasks/look/task.py): a CNN 32-64 pre-trained on the train images
 of digits 0-4 only (rows of 5-9 masked out of every batch). Transfer: features
 of the digits 5-9 ("new_probe": linear probe fit on train, tested on test;
 "new_knn": 20-NN), and on the pre-training classes ("old_knn").

@@ -6,7 +6,7 @@
     python -m jaxsup.train --config configs/promptkd_digits.py --workdir /tmp/jaxsup/promptkd \
         --config.promptkd.clip.path=/tmp/jaxsup/clip --config.promptkd.prompt_run=/tmp/jaxsup/coop
 
-Task "promptkd" (jaxsup/tasks/promptkd.py). Stage "prompt" (switch `prompt`,
+Task "promptkd" (jaxsup/tasks/promptkd/task.py). Stage "prompt" (switch `prompt`,
 CoOp): 10 context vectors, initialised from the bytes of "the digit ", tuned
 with CE on train[:5%] (72 images) against the frozen CLIP; evaluated as a
 classifier on test. Stage "distill" (default): the CNN 16-32 student + a

@@ -4,7 +4,7 @@
     python -m jaxsup.train --config configs/pseudo_label_digits.py:labels_only --workdir /tmp/jaxsup/pl_base
     python -m jaxsup.train --config configs/pseudo_label_digits.py:future --workdir /tmp/jaxsup/pl_future
 
-Task "pseudo_label" (jaxsup/tasks/pseudo_label.py): CE on the labelled
+Task "pseudo_label" (jaxsup/tasks/pseudo_label/task.py): CE on the labelled
 train[:10%] (144 examples) + thresholded pseudo-labels from the EMA teacher
 on the rest of "train"; the student sees a random crop, the teacher the
 clean image. The "distill" evaluator reports the student's top-1 ("top1"),

@@ -3,7 +3,7 @@ configs/supervised_digits.py trained towards `(1 - a_t) onehot + a_t p_{t-1}(x)`
 
     python -m jaxsup.train --config configs/pskd_digits.py --workdir /tmp/jaxsup/pskd
 
-Task "pskd" (jaxsup/tasks/pskd.py); a_t = alpha_T * epoch / epochs, with
+Task "pskd" (jaxsup/tasks/pskd/task.py); a_t = alpha_T * epoch / epochs, with
 600 steps x 128 / 1437 examples = 53 epochs. The previous-epoch predictions
 [1437, 10] are in the checkpoint (task_state/pskd_prev_probs).
 

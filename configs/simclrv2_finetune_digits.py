@@ -4,7 +4,7 @@
     python -m jaxsup.train --config configs/simclrv2_finetune_digits.py --workdir /tmp/jaxsup/finetune \
         --config.finetune.init_from=/tmp/jaxsup/simclr
 
-Task "finetune" (jaxsup/tasks/finetune.py): the encoder starts from the
+Task "finetune" (jaxsup/tasks/finetune/task.py): the encoder starts from the
 simclr run's "params/encoder" (+ "task_state/encoder"), a new linear "head"
 is trained with it on train[:10%] with CE; the model and its kwargs are
 read from configs/simclr_digits.py, plus num_classes=10.

@@ -4,7 +4,7 @@
     python -m jaxsup.train --config configs/sla_digits.py:augment --workdir /tmp/jaxsup/sla_da
     python -m jaxsup.train --config configs/sla_digits.py:few --workdir /tmp/jaxsup/sla_few
 
-Task "sla" (jaxsup/tasks/sla.py): the CNN 32-64 sees every image under the
+Task "sla" (jaxsup/tasks/sla/task.py): the CNN 32-64 sees every image under the
 4 rotations; one softmax over the 40 joint labels; test logits aggregate the
 4 views (evaluator "test": SLA+AG), "test_single" reads the unrotated view
 only (SLA+SI), "test_sd" the plain head distilled from the aggregate (SLA+SD).

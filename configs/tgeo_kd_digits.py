@@ -6,7 +6,7 @@
     python -m jaxsup.train --config configs/tgeo_kd_digits.py:fixed --workdir /tmp/jaxsup/tgeo_fixed \
         --config.tgeo.teacher.path=/tmp/jaxsup/teacher
 
-Task "tgeo_kd" (jaxsup/tasks/tgeo_kd.py): the MLP-64 student trains on the
+Task "tgeo_kd" (jaxsup/tasks/tgeo_kd/task.py): the MLP-64 student trains on the
 first 215 examples of train[:20%] (287 images), the last 72 are the held-out
 validation rows of the ratio network's one-step bilevel update. Teacher:
 any finished classifier run (its model is read from its config.json); a weak

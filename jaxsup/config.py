@@ -4,8 +4,9 @@ Every `configs/*.py` imports only `ml_collections` and this module (no JAX,
 no task modules), and has `get_config(arg=None)`:
 
   - `base_config(task)` gives every generic field with its default plus the
-    sections the task reads (`TASK_SECTIONS`), each with its defaults. This is
-    the one place a task declares its config fields.
+    sections the task reads (`TASK_SECTIONS`), each with its defaults. A task's
+    sections are declared next to its code, in `jaxsup/tasks/<task>/section.py`
+    (fields, defaults, one-line docs, valid ranges; no JAX).
   - `derive(__file__, "other.py", arg)` loads a sibling config to build on
     (the one way to derive one config from another); `set_task(c, task)`
     switches a derived config to another task, adding that task's sections.
@@ -23,93 +24,43 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from jaxsup import config_fields, config_ranges
+from jaxsup.config_fields import teacher_spec  # noqa: F401 (configs and scripts import it from here)
 from jaxsup.errors import ConfigError
+from jaxsup.tasks.sections import DECLARATIONS
 
 ConfigDict = ml_collections.ConfigDict
-CONTRASTIVE_TILE = 512  # column tile of the chunked / ring contrastive losses
-
-
-def teacher_spec(path: str = "", **fields: Any) -> ConfigDict:
-    """A frozen model restored from another run (e.g. config.distill.teacher).
-
-    path            that run's workdir, or its `checkpoints` dir
-    params_subtree  where its params live ("params"; "params/student" for a distill run)
-    state_subtree   where its other collections (BatchNorm stats) live ("task_state";
-                    "task_state/student" for a distill run); collection c is read from
-                    f"{state_subtree}/{c}"
-    step            -1: the latest
-    model_name, model  registry name + kwargs; "" reads both from the run's config.json
-    partition_rules ((regex, tactic), ...) for its own sharding; () -> config.partition_rules
-    """
-    spec = ConfigDict(dict(path=path, params_subtree="params", state_subtree="task_state", step=-1,
-                           model_name="", model=ConfigDict(), partition_rules=()))
-    spec.update(fields)
-    return spec
-
-
-def _augment_fields(augment: str = "none", crop_scale: tuple[float, float] = (0.5, 1.0)) -> dict[str, Any]:
-    """Device augmentation of the train images: "none" | "crop" | "simclr", crop scale range."""
-    return dict(augment=augment, crop_scale=crop_scale)
-
-
-def _contrastive_fields(impl: str = "reference") -> dict[str, Any]:
-    """Which contrastive loss implementation runs (jaxsup.losses.contrastive)."""
-    return dict(impl=impl, tile=CONTRASTIVE_TILE, fallback=True, axis="data")
-
-
-def _sections() -> dict[str, dict[str, Any]]:
-    """Every task section with its defaults (fields documented in the task modules)."""
-    return {
-        "clip": dict(loss="softmax", block_impl="chunked", grad_cache_micro_batches=1, tokenizer="",
-                     init_from="", init_subtree="", init_select=(), teacher="", teacher_model={},
-                     kd_weight=0.0, feature_kd_weight=0.0, **_contrastive_fields()),
-        "simclr": dict(loss="nt_xent", views=2, tau=0.1, reduction="mean", cacr=dict(t_pos=1.0, t_neg=1.0, alpha=1.0, beta=1.0),
-                       augment={}, head={}, **_contrastive_fields()),
-        "distill": dict(teacher=teacher_spec(), kind="kl", beta=0.5, temperature=4.0, alpha=0.9,
-                        labelled_split="", nd_lambda=0.0, fused_head=False, fused_teacher="logits",
-                        fused_impl="chunked", **_augment_fields()),
-        "finetune": dict(init_from="", init_subtree="params/encoder", init_state_subtree="task_state/encoder",
-                         init_step=-1, init_skip=("head",), **_augment_fields()),
-        "pskd": dict(alpha_T=0.8, **_augment_fields()),
-        "pseudo_label": dict(labelled_split="train[:10%]", threshold=0.9, unlabelled_weight=1.0, rampup_frac=0.2,
-                             ema_decay=0.99, temperature=1.0, future_lr=0.0, **_augment_fields("crop", (0.6, 1.0))),
-        "w2s": dict(weak_labels="", weak_split="", loss="aux", aux_coef=0.5, warmup_frac=0.2, **_augment_fields()),
-        "sla": dict(mode="sla", num_rotations=4, sd_weight=1.0, sd_ce_weight=1.0, **_augment_fields()),
-        "label_noise": dict(rate=0.0, kind="symmetric", seed=0),
-        "coteaching": dict(forget_rate=-1.0, gradual_frac=0.2, feature_dropout=0.0, dropout_kind="dropout",
-                           **_augment_fields()),
-        "look": dict(loss="look", k=20, tau=0.1, momentum=0.5, pretrain_classes=10, **_augment_fields()),
-        "tgeo": dict(teacher=teacher_spec(), mode="learned", alpha=0.5, temperature=4.0, val_examples=72, hidden=32,
-                     inner_lr=0.1, teacher_swap=()),
-        "promptkd": dict(stage="distill", clip=teacher_spec(), prompt_run="", n_ctx=8, ctx_init="", class_names="digits",
-                         templates="digits_heldout", temperature=1.0),
-    }
-
-
-# task -> the config sections it reads.
-TASK_SECTIONS: dict[str, tuple[str, ...]] = {
-    "supervised": (),
-    "clip": ("clip",),
-    "simclr": ("simclr",),
-    "distill": ("distill",),
-    "finetune": ("finetune",),
-    "pskd": ("pskd",),
-    "pseudo_label": ("pseudo_label",),
-    "weak_to_strong": ("finetune", "w2s"),
-    "sla": ("sla",),
-    "coteaching": ("label_noise", "coteaching"),
-    "look": ("look",),
-    "tgeo_kd": ("tgeo",),
-    "promptkd": ("promptkd",),
-}
+# The task sections: each task's `section.py` declares the sections it owns and those it reads.
+TASK_SECTIONS: dict[str, tuple[str, ...]] = {task: d.reads for task, d in DECLARATIONS.items()}
+SECTIONS: dict[str, Any] = {name: fields for d in DECLARATIONS.values() for name, fields in d.sections.items()}
 
 
 def section(name: str) -> ConfigDict:
     """A fresh copy of one task section with its defaults."""
-    sections = _sections()
-    if name not in sections:
-        raise ConfigError(f"Unknown config section {name!r}; known: {sorted(sections)}.")
-    return ConfigDict(sections[name])
+    if name not in SECTIONS:
+        raise ConfigError(f"Unknown config section {name!r}; known: {sorted(SECTIONS)}.")
+    return ConfigDict(config_fields.defaults(SECTIONS[name]))
+
+
+def value_ranges() -> dict[str, config_ranges.Range]:
+    """Every declared range: the generic fields' (config_ranges.RANGES) and each task section's."""
+    out = dict(config_ranges.RANGES)
+    for name, fields in SECTIONS.items():
+        out.update(config_fields.ranges(name, fields))
+    return out
+
+
+def check_values(config: ConfigDict) -> None:
+    """ConfigError naming key, value and range for the first value outside its declared range."""
+    config_ranges.check_ranges(config, value_ranges())
+
+
+def field_docs() -> dict[str, str]:
+    """{"section.field": one-line doc} of every task section."""
+    out: dict[str, str] = {}
+    for name, fields in SECTIONS.items():
+        out.update(config_fields.docs(name, fields))
+    return out
 
 
 def base_config(task: str = "supervised") -> ConfigDict:

@@ -1,6 +1,8 @@
 """Declared valid ranges of numeric config fields, checked once where a run reads its config.
 
-`RANGES` maps a dotted key to a `Range`; a key may use `*` for any section
+`RANGES` holds the generic fields' ranges; each task section declares its own next to
+the task (`jaxsup/tasks/<task>/section.py`), and `jaxsup.config.check_values` checks
+both. `RANGES` maps a dotted key to a `Range`; a key may use `*` for any section
 (`*.temperature`) or end in `[]` for every entry of a sequence
 (`model.widths[]`). `check_ranges(config)` raises one ConfigError naming the
 key, the value and the range for the first bad value; keys the config lacks
@@ -81,27 +83,6 @@ RANGES: dict[str, Range] = {
     "model.num_heads": POSITIVE_INT,
     "model.patch_size": POSITIVE_INT,
     "model.dropout": OPEN_FRACTION,
-    "*.temperature": POSITIVE,
-    "*.tau": POSITIVE,
-    "*.tile": POSITIVE_INT,
-    "*.alpha": FRACTION,
-    "*.beta": FRACTION,
-    "*.kd_weight": NON_NEGATIVE,
-    "*.feature_kd_weight": NON_NEGATIVE,
-    "*.views": Range(2, integer=True),
-    "*.threshold": FRACTION,
-    "*.ema_decay": FRACTION,
-    "*.rampup_frac": FRACTION,
-    "*.warmup_frac": FRACTION,
-    "*.gradual_frac": FRACTION,
-    "*.feature_dropout": OPEN_FRACTION,
-    "*.grad_cache_micro_batches": POSITIVE_INT,
-    "label_noise.rate": FRACTION,
-    "pskd.alpha_T": FRACTION,
-    "sla.num_rotations": POSITIVE_INT,
-    "look.k": POSITIVE_INT,
-    "tgeo.val_examples": POSITIVE_INT,
-    "promptkd.n_ctx": POSITIVE_INT,
     "evals.*.every": NON_NEGATIVE_INT,  # 0: only at the end of the run
     "evals.*.batch_size": POSITIVE_INT,
 }

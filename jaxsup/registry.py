@@ -54,8 +54,9 @@ def register(kind: str, name: str) -> Callable[[Any], Any]:
 def _import_all(kind: str) -> None:
     for package in _PACKAGES[kind]:
         mod = importlib.import_module(package)
-        for sub in getattr(mod, "__all__", ()):
-            importlib.import_module(f"{package}.{sub}")
+        modules = getattr(mod, "REGISTERING_MODULES", None)
+        for name in modules if modules is not None else [f"{package}.{sub}" for sub in getattr(mod, "__all__", ())]:
+            importlib.import_module(name)
 
 
 def get(kind: str, name: str) -> Any:

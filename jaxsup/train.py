@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxsup import config_ranges, checkpoint, cli, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
+from jaxsup import checkpoint, cli, config as config_lib, distributed, experiment, metrics as metrics_lib, plot, sharding, workdir as workdir_lib
 from jaxsup.data.loader import guided_batches, pipeline
 from jaxsup.data.host import preprocess
 from jaxsup.data.datasets import splits
@@ -91,7 +91,7 @@ class NonFiniteGuard:
 
 def check_run_options(config) -> None:
     """ConfigError for a bad nan policy or a value outside its declared range (before anything is built or written)."""
-    config_ranges.check_ranges(config)
+    config_lib.check_values(config)
     if config.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"config.nan_policy={config.nan_policy!r}; expected one of {NAN_POLICIES}.")
     if int(config.max_consecutive_skips) < 0:

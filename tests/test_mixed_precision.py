@@ -13,7 +13,7 @@ from jaxsup.models.two_tower import TwoTower
 from jaxsup.models.vit import ViT
 from jaxsup.step import TrainState, make_train_step
 from jaxsup.experiment import build_task
-from jaxsup.tasks.supervised import Supervised
+from jaxsup.tasks.supervised.task import Supervised
 
 VIT = dict(patch_size=4, width=32, depth=2, mlp_dim=64, num_heads=2)
 TEXT = dict(vocab_size=50, max_len=8, width=32, depth=1, num_heads=2, mlp_dim=64)

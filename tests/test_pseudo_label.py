@@ -12,7 +12,7 @@ from helpers import apply_overrides, ROOT
 from jaxsup import checkpoint, sharding
 from jaxsup.experiment import build_task
 from jaxsup.config import load_config
-from jaxsup.tasks import pseudo_label
+from jaxsup.tasks.pseudo_label import task as pseudo_label
 from jaxsup.train import train_and_evaluate
 
 CONFIG = os.path.join(ROOT, "configs/pseudo_label_digits.py")

@@ -13,7 +13,7 @@ from jaxsup.data.loader import pipeline
 from jaxsup.data.host import preprocess
 from jaxsup.data.datasets import sources
 from jaxsup.experiment import build_task
-from jaxsup.tasks.pskd import PREV_PROBS
+from jaxsup.tasks.pskd.task import PREV_PROBS
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, read_metrics, restored_params

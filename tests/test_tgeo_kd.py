@@ -141,7 +141,7 @@ def test_fused_rows_bf16_logits_within_bf16_tolerance():
 
 
 def test_swap_classes_exchanges_columns():
-    from jaxsup.tasks.tgeo_kd import swap_classes
+    from jaxsup.tasks.tgeo_kd.task import swap_classes
 
     logits = np.arange(12.0).reshape(2, 6)
     got = np.asarray(jax.jit(lambda z: swap_classes(z, ((1, 4), (0, 5))))(jnp.asarray(logits)))

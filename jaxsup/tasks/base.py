@@ -15,7 +15,7 @@ branches on the method: it calls only these methods.
 `task_state` is checkpointed with the params but gets no gradients (BatchNorm
 statistics, EMA teachers, per-example buffers). `frozen` is restored at
 start-up and never saved or updated. A task's config fields live in the
-sections that `jaxsup.config.TASK_SECTIONS` declares for it, with defaults.
+sections its `section.py` declares (`jaxsup.config.TASK_SECTIONS`), with defaults.
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Task "coteaching": task.py (the objective, registered on import) and section.py (its config declaration, no JAX)."""

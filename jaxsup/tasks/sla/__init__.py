@@ -1,0 +1,1 @@
+"""Task "sla": task.py (the objective, registered on import) and section.py (its config declaration, no JAX)."""

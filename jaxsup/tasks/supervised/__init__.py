@@ -1,0 +1,1 @@
+"""Task "supervised": task.py (the objective, registered on import) and section.py (its config declaration, no JAX)."""

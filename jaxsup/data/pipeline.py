@@ -34,6 +34,7 @@ import numpy as np
 from absl import flags
 
 from jaxsup.data import batching, guided_batches, preprocess as preprocess_lib, splits
+from jaxsup.data import reinforce_store  # noqa: F401 (registers the replay op "reinforce:DIR")
 from jaxsup.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]

@@ -3,7 +3,6 @@ same output for any worker count and after a SIGKILL + rerun; bad input is one l
 augmentation replays bitwise in the train pipeline (threads, 0/1/2 worker processes, resume)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,12 +12,14 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from jaxsup.data import convert, pipeline, preprocess, reinforce, reinforce_store as store, shards, sources
+from jaxsup.data import convert, pipeline, preprocess, reinforce, reinforce_store as store, shards
 from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, tiny_supervised_config
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from reinforced_step import digits_folder  # noqa: E402 (benchmarks/ is not a package)
 
 NUM_EXAMPLES = 120
 CROP = "size=8,channels=1,scale_min=0.5"
@@ -26,25 +27,13 @@ TEACHER_MODEL = dict(widths=(32,), num_classes=10)
 KEEP = "keep:image,label," + ",".join(store.OUTPUT_KEYS)
 
 
-def digits_folder(root: str, n: int = NUM_EXAMPLES) -> str:
-    """The first n digits train images as class folders of 8x8 grey PNGs."""
-    source = sources.open_source("digits", "train")
-    for i in range(n):
-        ex = source[i]
-        folder = os.path.join(root, str(int(ex["label"])))
-        os.makedirs(folder, exist_ok=True)
-        out = io.BytesIO()
-        Image.fromarray(np.asarray(ex["image"])[..., 0]).save(out, "PNG")
-        with open(os.path.join(folder, f"{i:04d}.png"), "wb") as f:
-            f.write(out.getvalue())
-    return root
-
-
 @pytest.fixture(scope="session")
 def digits_ar(tmp_path_factory):
-    """Converted digits (120 examples, 20 per shard: 6 shards)."""
+    """Converted digits: train (120 examples, 20 per shard: 6 shards), test (60)."""
     root = tmp_path_factory.mktemp("digits_ar")
-    convert.convert("folder", digits_folder(str(root / "folders")), str(root / "ar"), examples_per_shard=20,
+    convert.convert("folder", digits_folder(str(root / "folders"), NUM_EXAMPLES), str(root / "ar"), examples_per_shard=20,
+                    workers=1)
+    convert.convert("folder", digits_folder(str(root / "test"), 60, "test"), str(root / "ar"), split="test",
                     workers=1)
     return str(root / "ar")
 
@@ -52,7 +41,7 @@ def digits_ar(tmp_path_factory):
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("teacher"))
-    train_and_evaluate(tiny_supervised_config(total_steps=30, **{"model": TEACHER_MODEL}), workdir)
+    train_and_evaluate(tiny_supervised_config(total_steps=200, **{"model": TEACHER_MODEL, "checkpoint.every": 100}), workdir)
     return workdir
 
 

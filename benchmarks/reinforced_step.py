@@ -4,7 +4,7 @@
     python benchmarks/reinforced_step.py time --data /tmp/jaxsup/rdigits --teacher /tmp/jaxsup/teacher \
         [--reinforced DIR] [--batch 64] [--steps 50] [--warmup 5]
     python benchmarks/reinforced_step.py agreement --data /tmp/jaxsup/rdigits --teacher /tmp/jaxsup/teacher \
-        [--k 1,5,10] [--steps 600] [--seeds 0]
+        [--k 1,5,10,online] [--steps 600] [--seeds 0,1,2]
 
 prepare: scikit-learn's digits (the TFDS "digits" splits) as class folders of
 8x8 grey PNGs, converted with `jaxsup.data.convert folder` into OUT/train, OUT/test.
@@ -18,7 +18,9 @@ FLOPs of both steps and of the teacher's and student's forward. One JSON line.
 agreement: for each k, `python -m jaxsup.data.reinforce` (8 augmentations,
 float16, T = 2) into DATA/train/reinforced_k<k>, a student trained from it
 (`--steps`, per seed), then top-1 agreement with the teacher and accuracy on
-the test split, and the stored bytes per example. One JSON line per k.
+the test split (mean and std over seeds), and the stored bytes per example.
+k "online": the same student with the teacher run in the step, on the replayed
+crops of the previous k's reinforcement. One JSON line per k.
 """
 from __future__ import annotations
 
@@ -120,30 +122,35 @@ def test_predictions(data: str, workdir: str, subtree: str, model) -> tuple[np.n
     return np.asarray(jnp.argmax(logits, -1)), batch["label"]
 
 
+def student_scores(config, teacher_top1: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(test agreement with the teacher, test accuracy) of a student trained with `config`."""
+    workdir = tempfile.mkdtemp(prefix="reinforced_student_")
+    train_and_evaluate(config, workdir)
+    top1, _ = test_predictions(config.data.path, workdir, "params/student", build_model(config.model_name, config.model))
+    return float(np.mean(top1 == teacher_top1)), float(np.mean(top1 == labels))
+
+
 def agreement(args) -> list[dict]:
+    """Rows per k ("online": the teacher in the step, on the crops of the last k's reinforcement)."""
     spec0 = reinforce.make_spec(args.data, "train", args.teacher, crop=CROP)
     teacher_top1, labels = test_predictions(args.data, args.teacher, "params", reinforce.teacher_model(spec0))
-    rows = []
-    for k in [int(v) for v in args.k.split(",")]:
-        directory = os.path.join(args.data, "train", f"reinforced_k{k}")
-        spec = reinforce.make_spec(args.data, "train", args.teacher, augmentations=8, topk=k, dtype="float16",
-                                   temperature=2.0, crop=CROP)
-        info = reinforce.reinforce(spec, directory)
-        runs = []
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            config = config_for(args.data, directory, args.teacher, False, total_steps=args.steps, seed=seed,
-                                log_every=args.steps)
-            workdir = tempfile.mkdtemp(prefix=f"rk{k}s{seed}_")
-            train_and_evaluate(config, workdir)
-            student = build_model(config.model_name, config.model)
-            top1, _ = test_predictions(args.data, workdir, "params/student", student)
-            runs.append((float(np.mean(top1 == teacher_top1)), float(np.mean(top1 == labels))))
-        row = {"k": k, "seeds": len(runs), "agreement_mean": statistics.mean(a for a, _ in runs),
-               "agreement_std": statistics.pstdev(a for a, _ in runs),
+    rows, info, directory = [], {}, ""
+    for k in args.k.split(","):
+        if k != "online":
+            directory = os.path.join(args.data, "train", f"reinforced_k{k}")
+            spec = reinforce.make_spec(args.data, "train", args.teacher, augmentations=8, topk=int(k),
+                                       dtype="float16", temperature=2.0, crop=CROP)
+            info = reinforce.reinforce(spec, directory)
+        runs = [student_scores(config_for(args.data, directory, args.teacher, k == "online", total_steps=args.steps,
+                                          seed=int(seed), log_every=args.steps), teacher_top1, labels)
+                for seed in args.seeds.split(",")]
+        row = {"k": k, "seeds": len(runs), "steps": args.steps,
+               "agreement_mean": statistics.mean(a for a, _ in runs), "agreement_std": statistics.pstdev(a for a, _ in runs),
                "accuracy_mean": statistics.mean(t for _, t in runs), "accuracy_std": statistics.pstdev(t for _, t in runs),
-               "teacher_accuracy": float(np.mean(teacher_top1 == labels)),
-               "bytes_per_example": info["bytes_per_example"], "file_bytes_per_example": info["file_bytes_per_example"],
-               "full_logits_bytes_per_example": info["full_logits_bytes_per_example"]}
+               "teacher_accuracy": float(np.mean(teacher_top1 == labels))}
+        if k != "online":
+            row.update({key: info[key] for key in ("bytes_per_example", "file_bytes_per_example",
+                                                   "full_logits_bytes_per_example")})
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

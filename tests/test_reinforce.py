@@ -213,3 +213,23 @@ def test_replay_refuses_a_split_that_is_not_the_reinforced_one(digits_ar, reinfo
     pre = preprocess.build((f"reinforce:{reinforced}", KEEP))
     with pytest.raises(DataError, match="train on the reinforced split"):
         pipeline.train_dataset(source, pre, 16, 0, process_count=1)[0]
+
+
+@pytest.mark.parametrize("dtype, numpy_dtype", [("float16", np.float16), ("bfloat16", store.ml_dtypes.bfloat16),
+                                                ("float32", np.float32)])
+def test_record_round_trip_in_each_storage_dtype(dtype, numpy_dtype):
+    spec = {"augmentations": 2, "topk": 3, "dtype": dtype, "num_classes": 70000 if dtype == "float32" else 10}
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3)).astype(np.float32) * 5
+    indices = np.asarray([[0, 9, 4], [69999 if dtype == "float32" else 7, 1, 2]])
+    boxes, flips, rest = np.arange(8).reshape(2, 4), np.asarray([1, 0]), np.asarray([-np.inf, 0.25], np.float32)
+    rec = store.decode(store.encode("k", boxes, flips, logits, indices, rest, spec), spec)
+    np.testing.assert_array_equal(rec["logits"], logits.astype(numpy_dtype).astype(np.float32))
+    assert rec["logits"].dtype == np.float32 and rec["indices"].dtype == np.int32
+    np.testing.assert_array_equal(rec["indices"], indices)
+    np.testing.assert_array_equal(rec["box"], boxes)
+    np.testing.assert_array_equal(rec["flip"], flips)
+    np.testing.assert_array_equal(rec["lse_rest"], rest)
+    assert rec["key"] == "k"
+    if dtype != "float32":
+        assert not np.array_equal(rec["logits"], logits)  # really stored in 16 bits

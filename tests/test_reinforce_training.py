@@ -107,7 +107,7 @@ def test_stored_batch_has_the_targets_and_no_labels(digits_ar, reinforced_full):
 
 
 def test_a_run_resumed_from_a_mid_run_checkpoint_equals_a_straight_one(digits_ar, reinforced_full,  # noqa: F811
-                                                                       tmp_path):
+                                                                       tmp_path, caplog):
     """Straight 10 steps vs. the same run cut after its step-5 checkpoint (as a kill leaves it) and resumed:
     the replayed augmentations and stored targets of steps 6..10 are the same, so are the params, bit for bit."""
     import shutil
@@ -119,6 +119,8 @@ def test_a_run_resumed_from_a_mid_run_checkpoint_equals_a_straight_one(digits_ar
     train_and_evaluate(config, straight)
     shutil.copytree(straight, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "10"))
-    train_and_evaluate(kd_config(digits_ar, reinforced_full, **{"total_steps": 10, "checkpoint.every": 5}), resumed)
+    with caplog.at_level("INFO", logger="jaxsup"):
+        train_and_evaluate(kd_config(digits_ar, reinforced_full, **{"total_steps": 10, "checkpoint.every": 5}), resumed)
+    assert "at step 5." in caplog.text  # it resumed (a restart from 0 would also end equal)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), restored_params(straight), restored_params(resumed))
     assert train_losses(straight)[10] == train_losses(resumed)[10]

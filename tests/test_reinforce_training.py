@@ -53,10 +53,12 @@ def loss_and_grads(task, params, task_state, batch):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("step", [0, 5])
-def test_stored_targets_give_the_online_teachers_loss(digits_ar, teacher_dir, reinforced_full, step):  # noqa: F811
-    stored = kd_config(digits_ar, reinforced_full)
-    online = kd_config(digits_ar, reinforced_full, "online", **{"distill.teacher.path": teacher_dir})
+@pytest.mark.parametrize("step, kind", [(0, "kl"), (5, "kl"), (0, "soft_ce")])
+def test_stored_targets_give_the_online_teachers_loss(digits_ar, teacher_dir, reinforced_full, step,  # noqa: F811
+                                                      kind):
+    stored = kd_config(digits_ar, reinforced_full, **{"distill.kind": kind})
+    online = kd_config(digits_ar, reinforced_full, "online", **{"distill.teacher.path": teacher_dir,
+                                                                "distill.kind": kind})
     assert stored.reinforced and not online.reinforced
     mesh = sharding.make_mesh((("data", 1),))
     batch = device_batch(stored, step)
@@ -84,7 +86,7 @@ def test_a_student_learns_from_stored_targets_alone(digits_ar, teacher_dir, rein
 
 
 @pytest.mark.parametrize("overrides, switches, match", [
-    ({"distill.kind": "rkl"}, (), "needs distill.kind='kl'"),
+    ({"distill.kind": "rkl"}, (), "needs distill.kind 'kl' or 'soft_ce'"),
     ({"distill.augment": "crop"}, (), "augment='none'"),
     ({"data.preprocess": ("decode:channels=1", "keep:image")}, (), "needs config.data.preprocess to replay it"),
     ({"distill.temperature": 3.0}, ("K5",), "stores the rest at T = 2.0"),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxsup.data.reinforce_store import topk_targets
-from jaxsup.losses.distill import kd_kl
-from jaxsup.losses.topk_kd import topk_kd_kl
+from jaxsup.losses.distill import kd_kl, soft_ce
+from jaxsup.losses.topk_kd import topk_kd_kl, topk_soft_ce
 
 
 def lse(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -104,3 +104,31 @@ def test_weights_and_shape_errors():
         topk_kd_kl(s, vals[:, :2], idx, rest, 1.0)
     with pytest.raises(ValueError, match="lse_rest"):
         topk_kd_kl(s, vals, idx, rest[:2], 1.0)
+
+
+@pytest.mark.parametrize("k", [3, 10])
+def test_soft_ce_matches_numpy_and_full_soft_ce_at_k_equal_v(k):
+    """SimCLRv2's soft CE over the k + 1 buckets; at k = V the full soft CE (values and gradients)."""
+    s, t = data(b=5, v=10, seed=7)
+    temp = 2.0
+    vals, idx, rest = topk_targets(t, k, temp)
+    value = float(jax.jit(lambda s_: topk_soft_ce(s_, vals, idx, rest, temp))(s))
+    s64, t64 = np.asarray(s, np.float64) / temp, np.asarray(t, np.float64) / temp
+    p, q = np.exp(t64 - lse(t64)[:, None]), np.exp(s64 - lse(s64)[:, None])
+    order = np.argsort(-t64, axis=1, kind="stable")[:, :k]
+    kept = np.zeros(p.shape, bool)
+    kept[np.arange(5)[:, None], order] = True
+    rows = -np.where(kept, p * np.log(q), 0).sum(1)
+    p_rest, q_rest = np.where(kept, 0, p).sum(1), np.where(kept, 0, q).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rows -= np.where(p_rest > 0, p_rest * np.log(q_rest), 0)
+    np.testing.assert_allclose(value, rows.mean(), rtol=1e-5)
+    if k == 10:
+        def full(s_):
+            return soft_ce(s_ / temp, jax.nn.softmax(t / temp))
+
+        def top(s_):
+            return topk_soft_ce(s_, vals, idx, rest, temp)
+
+        np.testing.assert_allclose(value, float(full(s)), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(jax.grad(top)(s)), np.asarray(jax.grad(full)(s)), rtol=0, atol=1e-6)

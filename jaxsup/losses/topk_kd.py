@@ -27,14 +27,9 @@ import jax.numpy as jnp
 from jaxsup.losses.distill import _weighted_mean
 
 
-def topk_kd_rows(
-    student_logits: jax.Array,
-    topk_logits: jax.Array,
-    topk_indices: jax.Array,
-    lse_rest: jax.Array,
-    temperature: Any,
-) -> jax.Array:
-    """Per-example `T^2 KL` [B]; student_logits [B, V], topk_logits / topk_indices [B, k], lse_rest [B]."""
+def _buckets(student_logits, topk_logits, topk_indices, lse_rest, temperature):
+    """(log p [B, k], log q [B, k], log p_rest [B], log q_rest [B], has_rest [B], T) of the (k + 1)-outcome
+    teacher and student distributions (module doc); log p_rest = log q_rest = 0 where there is no rest."""
     b, v = jnp.shape(student_logits)
     if jnp.ndim(topk_logits) != 2 or jnp.shape(topk_logits) != jnp.shape(topk_indices) or topk_logits.shape[0] != b:
         raise ValueError(f"topk_logits {jnp.shape(topk_logits)} and topk_indices {jnp.shape(topk_indices)} must "
@@ -58,10 +53,42 @@ def topk_kd_rows(
     # rows with no rest bucket get finite dummy logits (their term is masked out): no NaN gradient
     s_rest = jnp.where(kept, -jnp.inf, s)
     s_rest = jnp.where(has_rest[:, None], s_rest, 0.0)
-    log_q_rest = jax.nn.logsumexp(s_rest, axis=-1) - s_total
+    log_q_rest = jnp.where(has_rest, jax.nn.logsumexp(s_rest, axis=-1) - s_total, 0.0)
+    return log_p, log_q, log_p_rest, log_q_rest, has_rest, t
+
+
+def topk_kd_rows(
+    student_logits: jax.Array,
+    topk_logits: jax.Array,
+    topk_indices: jax.Array,
+    lse_rest: jax.Array,
+    temperature: Any,
+) -> jax.Array:
+    """Per-example `T^2 KL` [B]; student_logits [B, V], topk_logits / topk_indices [B, k], lse_rest [B]."""
+    log_p, log_q, log_p_rest, log_q_rest, has_rest, t = _buckets(
+        student_logits, topk_logits, topk_indices, lse_rest, temperature)
     kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
     kl = kl + jnp.where(has_rest, jnp.exp(log_p_rest) * (log_p_rest - log_q_rest), 0.0)
     return t * t * kl
+
+
+def topk_soft_ce(
+    student_logits: jax.Array,
+    topk_logits: jax.Array,
+    topk_indices: jax.Array,
+    lse_rest: jax.Array,
+    temperature: Any,
+    *,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """SimCLRv2's `-sum p log q` (no T^2) over the k kept classes + the rest bucket, mean over B.
+
+    At k = V: `jaxsup.losses.distill.soft_ce(s / T, softmax(t / T))`.
+    """
+    log_p, log_q, log_p_rest, log_q_rest, has_rest, _ = _buckets(
+        student_logits, topk_logits, topk_indices, lse_rest, temperature)
+    rows = -jnp.sum(jnp.exp(log_p) * log_q, axis=-1) - jnp.where(has_rest, jnp.exp(log_p_rest) * log_q_rest, 0.0)
+    return _weighted_mean(rows, weights)
 
 
 def topk_kd_kl(

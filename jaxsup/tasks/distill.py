@@ -41,10 +41,10 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   (shard_map). `predict` (evaluation) still builds logits.
 - config.reinforced=DIR (a `python -m jaxsup.data.reinforce` output, replayed
   by the preprocess op "reinforce:DIR"): no teacher forward; KD is the sparse
-  top-k KL (jaxsup.losses.topk_kd) against the targets stored with the
-  batch, equal to kind "kl" with the online teacher when k = V. Needs kind
-  "kl", augment "none" (the host replays the stored crop), no fused head / ND
-  (docs/reinforced.md).
+  top-k KL (jaxsup.losses.topk_kd; kind "soft_ce": its sparse soft CE)
+  against the targets stored with the batch, equal to the online teacher's
+  loss when k = V. Needs kind "kl" or "soft_ce", augment "none" (the host
+  replays the stored crop), no fused head / ND (docs/reinforced.md).
 
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a
@@ -70,7 +70,7 @@ from jaxsup import registry, sharding
 from jaxsup.data import reinforce_store
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
-from jaxsup.losses.topk_kd import topk_kd_kl
+from jaxsup.losses.topk_kd import topk_kd_kl, topk_soft_ce
 from jaxsup.losses.fused_linear_kd import fused_linear_kd_ce, linear_head_operands
 from jaxsup.tasks.base import DataInfo, Task
 from jaxsup.tasks.common import (
@@ -130,8 +130,8 @@ def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, 
     missing = [k for k in reinforce_store.OUTPUT_KEYS[:3] if k not in example]
     if missing:
         raise ConfigError(f"config.reinforced: the train batches lack {missing}: list them in the 'keep:' op.")
-    if cfg.kind != "kl" or cfg.fused_head or float(cfg.nd_lambda) > 0 or cfg.augment != "none":
-        raise ConfigError("config.reinforced needs distill.kind='kl', augment='none', fused_head=False and "
+    if cfg.kind not in ("kl", "soft_ce") or cfg.fused_head or float(cfg.nd_lambda) > 0 or cfg.augment != "none":
+        raise ConfigError("config.reinforced needs distill.kind 'kl' or 'soft_ce', augment='none', fused_head=False and "
                           f"nd_lambda=0; got {cfg.kind!r}, {cfg.augment!r}, {cfg.fused_head}, {cfg.nd_lambda}.")
     if info["num_classes"] != num_classes:
         raise ConfigError(f"The stored teacher at {directory!r} has {info['num_classes']} classes, the student "
@@ -246,8 +246,9 @@ class Distill(Task):
         cfg = self.cfg
         s_logits, s_out, student_state = self._student_forward(params, task_state["student"], images, train=True)
         if self.reinforced:  # stored top-k targets replace the teacher forward
-            kd = topk_kd_kl(s_logits, batch["reinforced_logits"], batch["reinforced_indices"],
-                            batch["reinforced_lse_rest"], float(cfg.temperature))
+            sparse = topk_kd_kl if cfg.kind == "kl" else topk_soft_ce
+            kd = sparse(s_logits, batch["reinforced_logits"], batch["reinforced_indices"],
+                        batch["reinforced_lse_rest"], float(cfg.temperature))
             t_top1, t_out = batch["reinforced_indices"][:, 0], {}
         else:
             t_logits, t_out = self.teacher.apply(frozen["teacher"], images)

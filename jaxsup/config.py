@@ -82,6 +82,8 @@ def base_config(task: str = "supervised") -> ConfigDict:
     c.data.prefetch = 4
     c.data.workers = 2  # threads preparing batches (jaxsup/data/loader/pipeline.py; measured best on 2 cores)
     c.data.worker_processes = 0  # grain worker processes on top (many-core hosts: sidesteps the GIL)
+    # a reinforcement (python -m jaxsup.data.reinforce): stored teacher targets replace the teacher forward
+    c.reinforced = ""
 
     c.batch_size = 128  # global, over all processes and devices
     c.total_steps = 1000

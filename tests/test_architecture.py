@@ -33,6 +33,7 @@ DATA_ROOMS = {
     "jaxsup.data.text": 0, "jaxsup.data.device": 0, "jaxsup.data.labels": 0, "jaxsup.data.datasets": 0,
     "jaxsup.data.host": 1, "jaxsup.data.convert": 1,
     "jaxsup.data.loader": 2,
+    "jaxsup.data.reinforce": 3,  # runs a teacher over the loader's batches
 }
 # Inside jaxsup.tasks a task imports only these shared modules, never another task.
 TASK_SHARED = ("jaxsup.tasks.base", "jaxsup.tasks.common")

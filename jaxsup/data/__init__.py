@@ -7,4 +7,5 @@ host/      per-example host ops in the grain workers (decode, crops, resize, Ran
 device/    jitted batch augmentation on the accelerator
 loader/    the grain pipeline: train stream, eval batches, batched reads, guided batches
 labels/    label noise and weak-to-strong weak labels
+reinforce/ `python -m jaxsup.data.reinforce`: a teacher's stored targets beside converted shards
 """

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jaxsup.data.loader import batching, guided_batches
-from jaxsup.data.host import preprocess as preprocess_lib
 from jaxsup.data.datasets import splits
+from jaxsup.data.host import preprocess as preprocess_lib, reinforce_store  # noqa: F401 (registers "reinforce:DIR")
+from jaxsup.data.loader import batching, guided_batches
 from jaxsup.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]

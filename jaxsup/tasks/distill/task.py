@@ -39,6 +39,12 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   "reference" (builds the logits; for tests). Same loss and gradients as
   the unfused path; on a mesh that splits the batch it runs per batch shard
   (shard_map). `predict` (evaluation) still builds logits.
+- config.reinforced=DIR (a `python -m jaxsup.data.reinforce` output, replayed
+  by the preprocess op "reinforce:DIR"): no teacher forward; KD is the sparse
+  top-k KL (jaxsup.losses.topk_kd; kind "soft_ce": its sparse soft CE)
+  against the targets stored with the batch, equal to the online teacher's
+  loss when k = V. Needs kind "kl" or "soft_ce", augment "none" (the host
+  replays the stored crop), no fused head / ND (docs/reinforced.md).
 
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a
@@ -48,7 +54,9 @@ teacher with params_subtree "params/student", state_subtree
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -59,8 +67,10 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxsup import registry, sharding
+from jaxsup.data.host import reinforce_store
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
+from jaxsup.losses.topk_kd import topk_kd_kl, topk_soft_ce
 from jaxsup.losses.fused_linear_kd import fused_linear_kd_ce, linear_head_operands
 from jaxsup.tasks.base import DataInfo, Task
 from jaxsup.tasks.common import (
@@ -109,6 +119,29 @@ def check_linear_head(params: Any, out: dict, who: str) -> None:
                           "out['pre_logits'] (the registered image models do).")
 
 
+def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, Any]:
+    """The stored teacher's info; ConfigError naming what config.reinforced needs that the config lacks."""
+    cfg, directory = config.distill, config.reinforced
+    info = reinforce_store.read_info(directory)
+    replayed = reinforce_store.replay_dir(config.data.preprocess)
+    if not replayed or os.path.abspath(replayed) != os.path.abspath(directory):
+        raise ConfigError(f"config.reinforced={directory!r} needs config.data.preprocess to replay it with "
+                          f"'reinforce:{directory}' (has {tuple(config.data.preprocess)}).")
+    missing = [k for k in reinforce_store.OUTPUT_KEYS[:3] if k not in example]
+    if missing:
+        raise ConfigError(f"config.reinforced: the train batches lack {missing}: list them in the 'keep:' op.")
+    if cfg.kind not in ("kl", "soft_ce") or cfg.fused_head or float(cfg.nd_lambda) > 0 or cfg.augment != "none":
+        raise ConfigError("config.reinforced needs distill.kind 'kl' or 'soft_ce', augment='none', fused_head=False and "
+                          f"nd_lambda=0; got {cfg.kind!r}, {cfg.augment!r}, {cfg.fused_head}, {cfg.nd_lambda}.")
+    if info["num_classes"] != num_classes:
+        raise ConfigError(f"The stored teacher at {directory!r} has {info['num_classes']} classes, the student "
+                          f"{num_classes}.")
+    if info["topk"] < info["num_classes"] and float(info["temperature"]) != float(cfg.temperature):
+        raise ConfigError(f"distill.temperature={cfg.temperature} but {directory!r} stores the rest at "
+                          f"T = {info['temperature']} (rerun the reinforcement with --temperature).")
+    return info
+
+
 @registry.register("task", "distill")
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
@@ -119,10 +152,14 @@ class Distill(Task):
         validate_kd_fields(cfg)
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]
-        self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
         (s_logits, s_out), s_params, _ = abstract_init(self.student, images)
         num_classes = int(s_logits.shape[-1])
-        self.teacher.check_classes(num_classes, config.model_name)
+        self.reinforced = config.get("reinforced", "")
+        if self.reinforced:
+            self.stored = check_reinforced(config, data.example, num_classes)
+        else:
+            self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
+            self.teacher.check_classes(num_classes, config.model_name)
         self.num_classes = num_classes
         self.fused = bool(cfg.fused_head)
         if self.fused:
@@ -159,6 +196,8 @@ class Distill(Task):
         return params, {"student": student_state}
 
     def load_frozen(self):
+        if self.reinforced:
+            return {}
         frozen = {"teacher": self.teacher.load(self.mesh)}
         if self.use_nd:
             frozen["class_means"] = jax.device_put(self._teacher_class_means(frozen["teacher"]), sharding.replicated(self.mesh))
@@ -202,17 +241,24 @@ class Distill(Task):
         mask = self.labelled_mask(batch)
         return jnp.where(mask > 0, batch["label"], 0), mask  # unlabelled rows never see their label
 
-    def _logit_terms(self, params, task_state, frozen, images, labels, mask):
+    def _logit_terms(self, params, task_state, frozen, images, labels, mask, batch=None):
         """(KD + CE loss, per-row ce or None, student top-1 [B], teacher top-1 [B], s_out, t_out, state)."""
         cfg = self.cfg
-        t_logits, t_out = self.teacher.apply(frozen["teacher"], images)
         s_logits, s_out, student_state = self._student_forward(params, task_state["student"], images, train=True)
-        kd = kd_term(s_logits, t_logits, cfg.kind, float(cfg.temperature), float(cfg.beta))
+        if self.reinforced:  # stored top-k targets replace the teacher forward
+            sparse = topk_kd_kl if cfg.kind == "kl" else topk_soft_ce
+            kd = sparse(s_logits, batch["reinforced_logits"], batch["reinforced_indices"],
+                        batch["reinforced_lse_rest"], float(cfg.temperature))
+            t_top1, t_out = batch["reinforced_indices"][:, 0], {}
+        else:
+            t_logits, t_out = self.teacher.apply(frozen["teacher"], images)
+            kd = kd_term(s_logits, t_logits, cfg.kind, float(cfg.temperature), float(cfg.beta))
+            t_top1 = jnp.argmax(t_logits, -1)
         loss, ce_rows = float(cfg.alpha) * kd, None
         if labels is not None:
             ce_rows = optax.softmax_cross_entropy_with_integer_labels(s_logits.astype(jnp.float32), labels)
             loss = loss + (1.0 - float(cfg.alpha)) * masked_mean(ce_rows, mask)
-        tops = (jnp.argmax(s_logits, -1), jnp.argmax(t_logits, -1))
+        tops = (jnp.argmax(s_logits, -1), t_top1)
         return loss, {"kd": kd}, ce_rows, tops, s_out, t_out, student_state
 
     def _fused_terms(self, params, task_state, frozen, images, labels, mask):
@@ -269,7 +315,7 @@ class Distill(Task):
         cfg = self.cfg
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
         labels, mask = self._labels(batch)
-        terms = self._fused_terms if self.fused else self._logit_terms
+        terms = self._fused_terms if self.fused else functools.partial(self._logit_terms, batch=batch)
         loss, metrics, ce_rows, (student_top1, teacher_top1), s_out, t_out, student_state = terms(
             params, task_state, frozen, images, labels, mask)
         metrics["agreement"] = jnp.mean(student_top1 == teacher_top1)
@@ -289,5 +335,7 @@ class Distill(Task):
 
     def predict(self, params, task_state, frozen, batch):
         logits, _, _ = self._student_forward(params, task_state["student"], batch["image"], train=False)
+        if self.reinforced:
+            return {"logits": logits}
         t_logits, _ = self.teacher.apply(frozen["teacher"], batch["image"])
         return {"logits": logits, "teacher_logits": t_logits}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsup.data import class_names, digits, image_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
+from jaxsup.data import class_names, digits, image_ops, naflex_ops, randaugment, tokenizer  # noqa: F401 (importing registers the image ops)
 from jaxsup.data.preprocess import Example, register_op
 from jaxsup.errors import ConfigError, DataError
 

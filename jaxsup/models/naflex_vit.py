@@ -118,7 +118,11 @@ def as_inputs(image: jax.Array | dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 @registry.register("model", "naflex_vit")
 class NaFlexViT(ViT):
-    """See the module docstring. Fields as ViT, plus posemb_grid (G) and max_segments (images per row)."""
+    """See the module docstring. Fields as ViT, plus posemb_grid (G) and max_segments (images per row).
+
+    patch_size (or the variant's) only names the model: the rows carry the patches. pre_norm and
+    patch_bias are not used (big_vision's NaFlex ViT has neither).
+    """
 
     pool_type: str = "map"
     posemb_grid: int = 16

@@ -27,10 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsup.data.text import class_names, tokenizer
 from jaxsup.data.datasets import digits
-from jaxsup.data.host import image_ops, randaugment  # noqa: F401 (importing registers the image ops)
+from jaxsup.data.host import image_ops, naflex_ops, randaugment  # noqa: F401 (importing registers the image ops)
 from jaxsup.data.host.preprocess import Example, register_op
+from jaxsup.data.text import class_names, tokenizer
 from jaxsup.errors import ConfigError, DataError
 
 # Captions the digits CLIP/SigLIP runs train on.

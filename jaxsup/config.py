@@ -55,6 +55,13 @@ def check_values(config: ConfigDict) -> None:
     config_ranges.check_ranges(config, value_ranges())
 
 
+def check_section_values(config: ConfigDict) -> None:
+    """check_values for the sections config.task reads only (what a task checks when it is built)."""
+    ranges = {key: valid for name in TASK_SECTIONS.get(config.task, ()) if name in config
+              for key, valid in config_fields.ranges(name, SECTIONS[name]).items()}
+    config_ranges.check_ranges(config, ranges)
+
+
 def field_docs() -> dict[str, str]:
     """{"section.field": one-line doc} of every task section."""
     out: dict[str, str] = {}

@@ -57,6 +57,7 @@ class Task:
         self.mesh = mesh
         self.data = data
         check_sections(config)
+        config_lib.check_section_values(config)  # the ranges its section.py declares
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         raise NotImplementedError

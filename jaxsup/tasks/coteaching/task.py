@@ -45,14 +45,6 @@ def validate_fields(noise_cfg: Any, cfg: Any, num_classes: Any) -> None:
         raise ConfigError("task coteaching needs config.model.num_classes.")
     if noise_cfg.kind not in noise.KINDS:
         raise ConfigError(f"label_noise.kind={noise_cfg.kind!r} is not one of {noise.KINDS}.")
-    if not 0.0 <= float(noise_cfg.rate) < 1.0:
-        raise ConfigError(f"label_noise.rate must lie in [0, 1), got {noise_cfg.rate!r}.")
-    if not float(cfg.forget_rate) < 1.0:
-        raise ConfigError(f"coteaching.forget_rate must be < 1 (negative: label_noise.rate), got {cfg.forget_rate!r}.")
-    if not 0.0 <= float(cfg.gradual_frac) <= 1.0:
-        raise ConfigError(f"coteaching.gradual_frac must lie in [0, 1], got {cfg.gradual_frac!r}.")
-    if not 0.0 <= float(cfg.feature_dropout) < 1.0:
-        raise ConfigError(f"coteaching.feature_dropout must lie in [0, 1), got {cfg.feature_dropout!r}.")
     if cfg.dropout_kind not in noisy.DROPOUT_KINDS:
         raise ConfigError(f"coteaching.dropout_kind={cfg.dropout_kind!r} is not one of {noisy.DROPOUT_KINDS}.")
     check_augment(cfg.augment, "coteaching.augment")

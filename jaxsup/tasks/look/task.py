@@ -36,10 +36,6 @@ def validate_fields(cfg: Any) -> None:
     """Raises ConfigError naming a bad config.look field."""
     if cfg.loss not in LOSSES:
         raise ConfigError(f"look.loss={cfg.loss!r} is not one of {LOSSES}.")
-    if int(cfg.k) < 1 or int(cfg.pretrain_classes) < 2:
-        raise ConfigError(f"look.k must be >= 1 and look.pretrain_classes >= 2, got {cfg.k!r}, {cfg.pretrain_classes!r}.")
-    if not float(cfg.tau) > 0 or not 0.0 <= float(cfg.momentum) < 1.0:
-        raise ConfigError(f"look.tau must be > 0 and look.momentum in [0, 1), got {cfg.tau!r}, {cfg.momentum!r}.")
     check_augment(cfg.augment, "look.augment")
 
 

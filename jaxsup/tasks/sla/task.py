@@ -47,9 +47,6 @@ def validate_fields(cfg: Any, num_classes: Any) -> None:
         raise ConfigError(f"sla.num_rotations={cfg.num_rotations!r} is not one of {label_aug.ROTATIONS}.")
     if not num_classes:
         raise ConfigError("task sla needs config.model.num_classes (the K of the K x M joint labels).")
-    for name in ("sd_weight", "sd_ce_weight"):
-        if not float(cfg[name]) >= 0.0:
-            raise ConfigError(f"sla.{name} must be >= 0, got {cfg[name]!r}.")
     check_augment(cfg.augment, "sla.augment")
 
 

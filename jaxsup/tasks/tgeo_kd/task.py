@@ -75,13 +75,6 @@ def validate_fields(cfg: Any) -> None:
     """Raises ConfigError naming a bad config.tgeo field."""
     if cfg.mode not in MODES:
         raise ConfigError(f"tgeo.mode={cfg.mode!r} is not one of {MODES}.")
-    if not 0.0 < float(cfg.alpha) < 1.0:
-        raise ConfigError(f"tgeo.alpha must lie in (0, 1), got {cfg.alpha!r}.")
-    if not float(cfg.temperature) > 0:
-        raise ConfigError(f"tgeo.temperature must be > 0, got {cfg.temperature!r}.")
-    if int(cfg.val_examples) < 1 or int(cfg.hidden) < 1 or not float(cfg.inner_lr) > 0:
-        raise ConfigError(f"tgeo.val_examples, tgeo.hidden and tgeo.inner_lr must be positive, got "
-                          f"{cfg.val_examples!r}, {cfg.hidden!r}, {cfg.inner_lr!r}.")
 
 
 @registry.register("task", "tgeo_kd")

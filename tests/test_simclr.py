@@ -103,12 +103,12 @@ def test_chunked_and_ring_nt_xent_equal_reference_on_8_devices():
     @jax.jit
     def embeddings(images):
         k1, k2, kd = jax.random.split(jax.random.key(1), 3)
-        aug = task.opts["augment"]
+        aug = task.cfg["augment"]
         views = jnp.concatenate([simclr_augment(k1, images, **aug), simclr_augment(k2, images, **aug)])
         return task._embed(params, state, views, train=True, rng=kd)[1]
 
     z1, z2 = np.split(np.asarray(embeddings(images)), 2)
-    np.testing.assert_allclose(ref, numpy_nt_xent(z1, z2, task.opts["tau"]), rtol=1e-5)
+    np.testing.assert_allclose(ref, numpy_nt_xent(z1, z2, task.cfg["tau"]), rtol=1e-5)
     for impl in ("chunked", "ring"):
         _, _, _, value, grads = loss_and_grads(impl, images, mesh)
         np.testing.assert_allclose(value, ref, rtol=1e-5, err_msg=impl)
@@ -187,19 +187,19 @@ def test_k_views_loss_equals_numpy_on_the_tasks_embeddings(loss):
         "simclr.loss": loss, "simclr.views": 3, "simclr.head": head, "simclr.impl": "chunked", "simclr.tile": 5})
     value, _ = jax.jit(lambda p: task.loss_fn(p, state, {}, {"image": images}, jax.random.key(1), 0))(params)
     *keys, k_drop = jax.random.split(jax.random.key(1), 4)
-    views = jnp.concatenate([simclr_augment(k, images, **task.opts["augment"]) for k in keys])
+    views = jnp.concatenate([simclr_augment(k, images, **task.cfg["augment"]) for k in keys])
     z = np.asarray(task._embed(params, state, views, train=True, rng=k_drop)[1], np.float64).reshape(3, 8, -1)
     if loss == "cacr":
-        want = np_cacr(z, *(task.opts.cacr[k] for k in ("t_pos", "t_neg", "alpha", "beta")))[0]
+        want = np_cacr(z, *(task.cfg.cacr[k] for k in ("t_pos", "t_neg", "alpha", "beta")))[0]
     else:
-        want = np.mean([numpy_nt_xent(z[a], z[b], task.opts["tau"]) for a, b in ((0, 1), (0, 2), (1, 2))])
+        want = np.mean([numpy_nt_xent(z[a], z[b], task.cfg["tau"]) for a, b in ((0, 1), (0, 2), (1, 2))])
     np.testing.assert_allclose(float(value), want, rtol=1e-5)
 
 
 def test_bad_loss_options_are_named():
     mesh = sharding.make_mesh((("data", 1),))
     for overrides, message in (({"simclr.loss": "infonce"}, "config.simclr.loss 'infonce'"),
-                               ({"simclr.views": 1}, "at least 2 views"),
+                               ({"simclr.views": 1}, r"config.simclr.views=1 \(--config.simclr.views\): expected an integer in \[2, inf\]"),
                                ({"simclr.loss": "cacr", "simclr.impl": "ring"}, "not available for loss 'cacr'")):
         with pytest.raises(ValueError, match=message):
             build_task(tiny_simclr_config(**overrides), mesh)

@@ -50,7 +50,13 @@ class DataInfo:
 
 
 class Task:
-    """Base class: subclasses set up models in __init__ and implement the methods."""
+    """Base class: subclasses set up models in __init__ and implement the methods.
+
+    SECTION names the task's own config section (declared in its section.py); it is
+    bound to `self.cfg`, after its declared ranges are checked.
+    """
+
+    SECTION = ""
 
     def __init__(self, config: Any, mesh: Mesh, data: DataInfo):
         self.config = config
@@ -58,6 +64,7 @@ class Task:
         self.data = data
         check_sections(config)
         config_lib.check_section_values(config)  # the ranges its section.py declares
+        self.cfg = config[self.SECTION] if self.SECTION else None
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         raise NotImplementedError

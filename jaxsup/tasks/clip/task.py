@@ -78,9 +78,11 @@ def text_vocab(model_kwargs: dict[str, Any], tokenizer: str) -> dict[str, Any]:
 class Clip(Task):
     """Two-tower image-text contrastive training; see the module docstring."""
 
+    SECTION = "clip"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.opts = opts = config.clip
+        opts = self.cfg
         check_contrastive_options(opts, "clip", mesh)
         if opts.loss not in LOSS_TYPES:
             raise ConfigError(f"Unknown config.clip.loss {opts.loss!r}; expected one of {LOSS_TYPES}.")
@@ -102,15 +104,15 @@ class Clip(Task):
 
     def _teacher_model(self, student_kwargs: dict[str, Any]):
         """The teacher two_tower: config.clip.teacher_model kwargs, or the student's."""
-        opts = self.opts
+        opts = self.cfg
         kwargs = opts.teacher_model.to_dict() if hasattr(opts.teacher_model, "to_dict") else dict(opts.teacher_model)
         kwargs = kwargs or student_kwargs
         return build_model(self.config.model_name, {"loss": opts.loss, **kwargs, **text_vocab(kwargs, opts.tokenizer)})
 
     def warm_start(self, params, task_state):
-        if not self.opts.init_from:
+        if not self.cfg.init_from:
             return params, task_state
-        return load_pretrained(self.opts.init_from, params, self.opts.init_subtree, tuple(self.opts.init_select)), task_state
+        return load_pretrained(self.cfg.init_from, params, self.cfg.init_subtree, tuple(self.cfg.init_select)), task_state
 
     def load_frozen(self):
         """{"teacher": params} of config.clip.teacher on its shardings (config.partition_rules), or {}."""
@@ -121,7 +123,7 @@ class Clip(Task):
         shards = sharding.tree_shardings({"params": abstract["params"]}, self.config.partition_rules, self.mesh)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract["params"],
                               shards["params"])
-        return {"teacher": load_pretrained(self.opts.teacher, target)}
+        return {"teacher": load_pretrained(self.cfg.teacher, target)}
 
     @staticmethod
     def _check_batch(batch: Batch, needed: tuple[str, ...]) -> None:
@@ -150,13 +152,13 @@ class Clip(Task):
 
         def loss_of(p, emb):
             _, _, out = self.model.apply({"params": p}, None, None)  # log_t (and bias) only
-            loss, metrics = contrastive_image_text_loss(emb["zimg"], emb["ztxt"], out, self.opts, self.mesh)
+            loss, metrics = contrastive_image_text_loss(emb["zimg"], emb["ztxt"], out, self.cfg, self.mesh)
             return loss, {**metrics, **{k: out[k] for k in ("t", "bias") if k in out}}
 
         axes = sharding.data_axes(self.mesh, self.config.batch_axes)
         loss, metrics = gradcache.cached_contrastive_loss(
             embed, loss_of, params, {"image": batch["image"], "tokens": batch["tokens"]},
-            self.opts["grad_cache_micro_batches"], rng=rng,
+            self.cfg["grad_cache_micro_batches"], rng=rng,
             micro_batch_sharding=NamedSharding(self.mesh, PartitionSpec(None, axes)),
         )
         return loss, (metrics, task_state)
@@ -164,12 +166,12 @@ class Clip(Task):
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
         del step
         self._check_batch(batch, ("image", "tokens"))
-        if self.opts["grad_cache_micro_batches"] > 1:
+        if self.cfg["grad_cache_micro_batches"] > 1:
             return self._grad_cache_loss(params, task_state, batch, rng)
         (zimg, ztxt, out), task_state = apply_with_state(
             self.model, params, task_state, batch["image"], batch["tokens"], train=True, rngs={"dropout": rng}
         )
-        loss, metrics = contrastive_image_text_loss(zimg, ztxt, out, self.opts, self.mesh)
+        loss, metrics = contrastive_image_text_loss(zimg, ztxt, out, self.cfg, self.mesh)
         metrics = {**metrics, "t": out["t"]}
         if self.teacher is not None:
             t_zimg, t_ztxt, t_out = self.teacher.apply({"params": frozen["teacher"]}, batch["image"], batch["tokens"],
@@ -177,10 +179,10 @@ class Clip(Task):
             student, teacher = (zimg, ztxt, out["log_t"]), (t_zimg, t_ztxt, t_out["log_t"])
             metrics["contrastive_loss"] = loss
             metrics["kd_logit"] = clip_kd.logit_kd(student, teacher)
-            loss = loss + self.opts.kd_weight * metrics["kd_logit"]
-            if self.opts.feature_kd_weight or zimg.shape[-1] == t_zimg.shape[-1]:
+            loss = loss + self.cfg.kd_weight * metrics["kd_logit"]
+            if self.cfg.feature_kd_weight or zimg.shape[-1] == t_zimg.shape[-1]:
                 metrics["kd_feature"] = clip_kd.feature_kd(student, teacher)
-                loss = loss + self.opts.feature_kd_weight * metrics["kd_feature"]
+                loss = loss + self.cfg.feature_kd_weight * metrics["kd_feature"]
         if "bias" in out:
             metrics["bias"] = out["bias"]
         return loss, (metrics, task_state)

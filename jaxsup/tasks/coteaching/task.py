@@ -54,9 +54,11 @@ def validate_fields(noise_cfg: Any, cfg: Any, num_classes: Any) -> None:
 class CoTeaching(Task):
     """Two backbone + head networks exchanging their small-loss rows."""
 
+    SECTION = "coteaching"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.noise_cfg, self.cfg = config.label_noise, config.coteaching
+        self.noise_cfg = config.label_noise
         self.num_classes = config.model.get("num_classes")
         validate_fields(self.noise_cfg, self.cfg, self.num_classes)
         rate = float(self.cfg.forget_rate)

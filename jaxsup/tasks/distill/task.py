@@ -140,9 +140,11 @@ def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, 
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
 
+    SECTION = "distill"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.distill
+        cfg = self.cfg
         validate_kd_fields(cfg)
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]

@@ -46,11 +46,12 @@ from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment
 class Finetune(ImageClassifier):
     """Task "supervised" started from a checkpoint sub-tree, with optional augmentation."""
 
+    SECTION = "finetune"
+
     warm_start_section = "finetune"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = config.finetune
         check_augment(self.cfg.augment, "finetune.augment")
 
     def loss_fn(self, params, task_state, frozen, batch, rng, step):

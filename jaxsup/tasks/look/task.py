@@ -43,9 +43,11 @@ def validate_fields(cfg: Any) -> None:
 class Look(Task):
     """Backbone trained by leave-one-out kNN agreement over a feature memory (or CE)."""
 
+    SECTION = "look"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.look
+        cfg = self.cfg
         validate_fields(cfg)
         self.num_train = data.num_examples(config.data.train_split)
         self.backbone = build_backbone(config.model_name, config.model)

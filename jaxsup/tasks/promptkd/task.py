@@ -102,9 +102,11 @@ class FrozenClip:
 class PromptKD(Task):
     """Stage "prompt": CoOp context vectors on a frozen CLIP; stage "distill": student + projector."""
 
+    SECTION = "promptkd"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.promptkd
+        cfg = self.cfg
         validate_fields(cfg)
         images = data.example["image"]
         self.clip = FrozenClip(cfg.clip, images)

@@ -69,9 +69,11 @@ def rampup(step: jax.Array, total_steps: int, frac: float) -> jax.Array:
 class PseudoLabel(ImageClassifier):
     """Student + EMA teacher: CE on labelled rows, thresholded teacher pseudo-labels on the rest."""
 
+    SECTION = "pseudo_label"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.pseudo_label
+        cfg = self.cfg
         validate_fields(cfg)
         self.num_labelled = leading_slice_count(config, cfg.labelled_split, "pseudo_label.labelled_split",
                                                 data.num_examples)

@@ -44,9 +44,10 @@ def epoch_of(step: jax.Array, batch_size: int, num_examples: int) -> jax.Array:
 class PSKD(ImageClassifier):
     """Supervised model trained on its own previous-epoch predictions (progressive self-KD)."""
 
+    SECTION = "pskd"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = config.pskd
         if not 0.0 <= float(self.cfg.alpha_T) <= 1.0:
             raise ConfigError(f"pskd.alpha_T must lie in [0, 1], got {self.cfg.alpha_T!r}.")
         check_augment(self.cfg.augment, "pskd.augment")

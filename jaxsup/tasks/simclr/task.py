@@ -63,15 +63,13 @@ def multiview_loss(z: jax.Array, opts: Any, mesh) -> tuple[jax.Array, dict[str, 
 
 
 def check_loss_options(opts: Any, mesh) -> None:
-    """ConfigError for an unknown loss, fewer than 2 views, or an impl the loss lacks."""
+    """ConfigError for an unknown loss or reduction, or an impl the loss lacks (views: its declared range)."""
     check_contrastive_options(opts, "simclr", mesh)
     if opts.loss not in LOSSES:
         raise ConfigError(f"Unknown config.simclr.loss {opts.loss!r}; expected one of {LOSSES}.")
     if opts.reduction not in contrastive.NT_XENT_REDUCTIONS:
         raise ConfigError(f"Unknown config.simclr.reduction {opts.reduction!r}; expected one of "
                           f"{tuple(contrastive.NT_XENT_REDUCTIONS)}.")
-    if opts.views < 2:
-        raise ConfigError(f"config.simclr.views={opts.views}: a contrastive loss needs at least 2 views.")
     if opts.loss == "cacr" and opts.impl not in contrastive.CACR_IMPLS:
         raise ConfigError(f"config.simclr.impl {opts.impl!r} is not available for loss 'cacr'; "
                           f"expected one of {contrastive.CACR_IMPLS}.")
@@ -81,13 +79,14 @@ def check_loss_options(opts: Any, mesh) -> None:
 class SimCLR(Task):
     """Encoder + projection head trained with NT-Xent on two augmented views."""
 
+    SECTION = "simclr"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.opts = config.simclr
-        check_loss_options(self.opts, mesh)
+        check_loss_options(self.cfg, mesh)
         self.encoder = build_model(config.model_name, config.model)
-        self.head = build_model("simclr_head", self.opts.head)
-        self.augment = dict(self.opts.augment)
+        self.head = build_model("simclr_head", self.cfg.head)
+        self.augment = dict(self.cfg.augment)
 
     def _features(self, variables, images, train: bool, rng=None):
         """Encoder features [N, D] (+ updated encoder state); ValueError if not [N, D]."""
@@ -122,10 +121,10 @@ class SimCLR(Task):
         if "image" not in batch:
             raise DataError(f"simclr task: batch has no 'image'; has {sorted(batch)}.")
         images = batch["image"]
-        *view_keys, k_drop = jax.random.split(rng, self.opts.views + 1)
+        *view_keys, k_drop = jax.random.split(rng, self.cfg.views + 1)
         views = jnp.concatenate([simclr_augment(k, images, **self.augment) for k in view_keys])
         _, z, task_state = self._embed(params, task_state, views, train=True, rng=k_drop)
-        loss, metrics = multiview_loss(z.reshape(self.opts.views, images.shape[0], -1), self.opts, self.mesh)
+        loss, metrics = multiview_loss(z.reshape(self.cfg.views, images.shape[0], -1), self.cfg, self.mesh)
         return loss, (metrics, task_state)
 
     def predict(self, params, task_state, frozen, batch):

@@ -54,9 +54,11 @@ def validate_fields(cfg: Any, num_classes: Any) -> None:
 class SLA(Task):
     """Backbone + joint (class x rotation) head (+ plain self-distilled head); or a baseline head."""
 
+    SECTION = "sla"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.sla
+        cfg = self.cfg
         self.num_classes = config.model.get("num_classes")
         validate_fields(cfg, self.num_classes)
         self.num_rotations = int(cfg.num_rotations) if cfg.mode != "none" else 1

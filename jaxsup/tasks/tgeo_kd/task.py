@@ -81,9 +81,11 @@ def validate_fields(cfg: Any) -> None:
 class TGeoKD(Task):
     """Student + ratio network (mode "learned") or constant ratio (mode "fixed"); see the module doc."""
 
+    SECTION = "tgeo"
+
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.cfg = cfg = config.tgeo
+        cfg = self.cfg
         validate_fields(cfg)
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]

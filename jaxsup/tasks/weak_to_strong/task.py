@@ -59,11 +59,13 @@ def validate_w2s_fields(cfg: Any) -> None:
 class WeakToStrong(ImageClassifier):
     """Strong student on a weak supervisor's soft labels (aux confidence loss or plain soft CE)."""
 
+    SECTION = "w2s"
+
     warm_start_section = "finetune"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        self.w2s = cfg = config.w2s
+        cfg = self.cfg
         validate_w2s_fields(cfg)
         train_split = config.data.train_split
         if cfg.weak_split:
@@ -73,12 +75,12 @@ class WeakToStrong(ImageClassifier):
         self.num_examples = data.num_examples(train_split)
 
     def load_frozen(self):
-        table = weak_labels.load_weak_labels(self.w2s.weak_labels, self.config.data.train_split,
+        table = weak_labels.load_weak_labels(self.cfg.weak_labels, self.config.data.train_split,
                                              self.config.data.name, self.num_examples, self.num_classes)
         return {WEAK_PROBS: jax.device_put(jnp.asarray(table), sharding.replicated(self.mesh))}
 
     def loss_fn(self, params, task_state, frozen, batch, rng, step):
-        cfg = self.w2s
+        cfg = self.cfg
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
         logits, task_state = self._apply(params, task_state, images, train=True)
         weak_probs = frozen[WEAK_PROBS][batch["index"]]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 from jax.sharding import Mesh
 
-from jaxsup import config as config_lib
+from jaxsup import config as config_lib, registry
 from jaxsup.errors import ConfigError
 
 Batch = dict[str, jax.Array]
@@ -52,8 +52,8 @@ class DataInfo:
 class Task:
     """Base class: subclasses set up models in __init__ and implement the methods.
 
-    SECTION names the task's own config section (declared in its section.py); it is
-    bound to `self.cfg`, after its declared ranges are checked.
+    SECTION (set by `register_task`) names the task's own config section, declared in its
+    section.py; it is bound to `self.cfg` after its declared ranges are checked.
     """
 
     SECTION = ""
@@ -80,6 +80,15 @@ class Task:
 
     def predict(self, params, task_state, frozen, batch: Batch) -> dict[str, jax.Array]:
         raise NotImplementedError
+
+
+def register_task(name: str, section: str = "") -> Callable[[type], type]:
+    """Registers a Task subclass as task `name`; its own config `section` is bound to self.cfg."""
+    def wrap(cls: type) -> type:
+        cls.SECTION = section
+        return registry.register("task", name)(cls)
+
+    return wrap
 
 
 def check_sections(config: Any) -> None:

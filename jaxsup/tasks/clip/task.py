@@ -39,13 +39,13 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.data.text.tokenizer import get_tokenizer
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import clip_kd, contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches
 from jaxsup.models.two_tower import LOSS_TYPES
-from jaxsup.tasks.base import Batch, DataInfo, Task
+from jaxsup.tasks.base import Batch, DataInfo, Task, register_task
 from jaxsup.tasks.common import (
     apply_with_state, build_model, check_contrastive_options, load_pretrained, split_variables,
 )
@@ -74,11 +74,9 @@ def text_vocab(model_kwargs: dict[str, Any], tokenizer: str) -> dict[str, Any]:
     return {"text_kwargs": {**text, "vocab_size": vocab_size}}
 
 
-@registry.register("task", "clip")
+@register_task("clip", section="clip")
 class Clip(Task):
     """Two-tower image-text contrastive training; see the module docstring."""
-
-    SECTION = "clip"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

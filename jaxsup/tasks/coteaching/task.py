@@ -29,11 +29,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsup import registry
 from jaxsup.data.labels import noise
 from jaxsup.errors import ConfigError
 from jaxsup.losses import noisy
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import apply_with_state, augment_images, build_backbone, check_augment, split_variables
 
 NETS = ("net1", "net2")
@@ -50,11 +49,9 @@ def validate_fields(noise_cfg: Any, cfg: Any, num_classes: Any) -> None:
     check_augment(cfg.augment, "coteaching.augment")
 
 
-@registry.register("task", "coteaching")
+@register_task("coteaching", section="coteaching")
 class CoTeaching(Task):
     """Two backbone + head networks exchanging their small-loss rows."""
-
-    SECTION = "coteaching"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

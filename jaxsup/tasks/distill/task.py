@@ -66,13 +66,13 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.data.host import reinforce_store
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
 from jaxsup.losses.topk_kd import topk_kd_kl, topk_soft_ce
 from jaxsup.losses.fused_linear_kd import fused_linear_kd_ce, linear_head_operands
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import (
     FrozenModel, abstract_init, apply_with_state, augment_images, build_model, check_augment, labelled_mask,
     leading_slice_count, masked_mean, split_variables,
@@ -136,11 +136,9 @@ def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, 
     return info
 
 
-@registry.register("task", "distill")
+@register_task("distill", section="distill")
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
-
-    SECTION = "distill"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

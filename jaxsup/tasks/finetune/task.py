@@ -37,16 +37,13 @@ from typing import Any
 
 import jax
 
-from jaxsup import registry
-from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.base import DataInfo, register_task
 from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment
 
 
-@registry.register("task", "finetune")
+@register_task("finetune", section="finetune")
 class Finetune(ImageClassifier):
     """Task "supervised" started from a checkpoint sub-tree, with optional augmentation."""
-
-    SECTION = "finetune"
 
     warm_start_section = "finetune"
 

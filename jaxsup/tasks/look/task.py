@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsup import registry
 from jaxsup.errors import ConfigError
 from jaxsup.losses import look as look_lib
 from jaxsup.models.two_tower import l2_normalize
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import (apply_with_state, augment_images, build_backbone, check_augment, masked_mean,
                                  split_variables)
 
@@ -39,11 +38,9 @@ def validate_fields(cfg: Any) -> None:
     check_augment(cfg.augment, "look.augment")
 
 
-@registry.register("task", "look")
+@register_task("look", section="look")
 class Look(Task):
     """Backbone trained by leave-one-out kNN agreement over a feature memory (or CE)."""
-
-    SECTION = "look"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsup import checkpoint, registry, sharding
+from jaxsup import checkpoint, sharding
 from jaxsup.data.host import image_text
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import prompt_kd
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import apply_with_state, build_backbone, build_model, check_run_path, resolve_model, split_variables
 
 STAGES = ("prompt", "distill")
@@ -98,11 +98,9 @@ class FrozenClip:
         return ztxt
 
 
-@registry.register("task", "promptkd")
+@register_task("promptkd", section="promptkd")
 class PromptKD(Task):
     """Stage "prompt": CoOp context vectors on a frozen CLIP; stage "distill": student + projector."""
-
-    SECTION = "promptkd"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsup import registry
-from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.base import DataInfo, register_task
 from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment, labelled_mask, leading_slice_count, masked_mean
 
 EMA = "ema_teacher"
@@ -65,11 +64,9 @@ def rampup(step: jax.Array, total_steps: int, frac: float) -> jax.Array:
     return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / total_steps / frac)
 
 
-@registry.register("task", "pseudo_label")
+@register_task("pseudo_label", section="pseudo_label")
 class PseudoLabel(ImageClassifier):
     """Student + EMA teacher: CE on labelled rows, thresholded teacher pseudo-labels on the rest."""
-
-    SECTION = "pseudo_label"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

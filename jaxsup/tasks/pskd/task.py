@@ -26,10 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxsup import registry
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
-from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.base import DataInfo, register_task
 from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment
 
 PREV_PROBS = "pskd_prev_probs"
@@ -40,11 +39,9 @@ def epoch_of(step: jax.Array, batch_size: int, num_examples: int) -> jax.Array:
     return jnp.floor(step.astype(jnp.float32) * batch_size / num_examples)
 
 
-@registry.register("task", "pskd")
+@register_task("pskd", section="pskd")
 class PSKD(ImageClassifier):
     """Supervised model trained on its own previous-epoch predictions (progressive self-KD)."""
-
-    SECTION = "pskd"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

@@ -35,12 +35,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxsup import registry
 from jaxsup.data.device.augment import simclr_augment
 from jaxsup.losses import contrastive
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.models.two_tower import l2_normalize
-from jaxsup.tasks.base import Batch, DataInfo, Task
+from jaxsup.tasks.base import Batch, DataInfo, Task, register_task
 from jaxsup.tasks.common import apply_with_state, build_model, check_contrastive_options, split_variables
 
 
@@ -75,11 +74,9 @@ def check_loss_options(opts: Any, mesh) -> None:
                           f"expected one of {contrastive.CACR_IMPLS}.")
 
 
-@registry.register("task", "simclr")
+@register_task("simclr", section="simclr")
 class SimCLR(Task):
     """Encoder + projection head trained with NT-Xent on two augmented views."""
-
-    SECTION = "simclr"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

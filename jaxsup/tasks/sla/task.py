@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsup import registry
 from jaxsup.errors import ConfigError
 from jaxsup.losses import label_aug
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import apply_with_state, augment_images, build_backbone, check_augment, split_variables
 
 MODES = ("sla", "augment", "none")
@@ -50,11 +49,9 @@ def validate_fields(cfg: Any, num_classes: Any) -> None:
     check_augment(cfg.augment, "sla.augment")
 
 
-@registry.register("task", "sla")
+@register_task("sla", section="sla")
 class SLA(Task):
     """Backbone + joint (class x rotation) head (+ plain self-distilled head); or a baseline head."""
-
-    SECTION = "sla"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

@@ -5,10 +5,10 @@ Batch {"image": [B, H, W, C], "label": [B]}; model `config.model_name` +
 """
 from __future__ import annotations
 
-from jaxsup import registry
+from jaxsup.tasks.base import register_task
 from jaxsup.tasks.common import ImageClassifier
 
 
-@registry.register("task", "supervised")
+@register_task("supervised")
 class Supervised(ImageClassifier):
     """Plain cross-entropy training of an image classifier (all of ImageClassifier)."""

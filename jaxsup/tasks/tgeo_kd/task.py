@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.errors import ConfigError
 from jaxsup.losses import trilateral
-from jaxsup.tasks.base import DataInfo, Task
+from jaxsup.tasks.base import DataInfo, Task, register_task
 from jaxsup.tasks.common import FrozenModel, abstract_init, build_model, masked_mean
 
 MODES = ("learned", "fixed")
@@ -77,11 +77,9 @@ def validate_fields(cfg: Any) -> None:
         raise ConfigError(f"tgeo.mode={cfg.mode!r} is not one of {MODES}.")
 
 
-@registry.register("task", "tgeo_kd")
+@register_task("tgeo_kd", section="tgeo")
 class TGeoKD(Task):
     """Student + ratio network (mode "learned") or constant ratio (mode "fixed"); see the module doc."""
-
-    SECTION = "tgeo"
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)

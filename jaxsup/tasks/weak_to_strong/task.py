@@ -32,12 +32,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxsup import registry, sharding
+from jaxsup import sharding
 from jaxsup.data.datasets import splits
 from jaxsup.data.labels import weak_labels
 from jaxsup.errors import ConfigError
 from jaxsup.losses import weak as weak_losses
-from jaxsup.tasks.base import DataInfo
+from jaxsup.tasks.base import DataInfo, register_task
 from jaxsup.tasks.common import ImageClassifier, augment_images, check_augment, num_outputs
 
 LOSSES = ("aux", "soft_ce")
@@ -55,11 +55,9 @@ def validate_w2s_fields(cfg: Any) -> None:
     check_augment(cfg.augment, "w2s.augment")
 
 
-@registry.register("task", "weak_to_strong")
+@register_task("weak_to_strong", section="w2s")
 class WeakToStrong(ImageClassifier):
     """Strong student on a weak supervisor's soft labels (aux confidence loss or plain soft CE)."""
-
-    SECTION = "w2s"
 
     warm_start_section = "finetune"
 

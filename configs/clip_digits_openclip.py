@@ -9,7 +9,7 @@ token, ln_pre, no patch bias, QuickGELU, LayerNorm eps 1e-5; causal text tower
 pooled at EOT, no padding mask) at width 64, depth 2, and the CLIP BPE tokenizer
 (needs ftfy, regex and open_clip's vocabulary file: the [clip] / [interop]
 extras). Its checkpoints export to open_clip's state-dict layout and import
-back (tests/test_interop_commands.py). The digits are one grey channel, so the
+back (tests/interop/test_interop_commands.py). The digits are one grey channel, so the
 exported image tower takes 1-channel input (open_clip's conv1 expects 3).
 
 `arg` switches: "runlocal" (a 20-step smoke run); "bytes" (the byte tokenizer

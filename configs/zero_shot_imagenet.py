@@ -14,7 +14,7 @@ jaxsup bilinear with antialiasing: expect a few tenths of a point of difference)
 Tokens: the CLIP BPE, 77 long (the [clip] or [interop] extra).
 
 `arg` switches: "model=ViT-B-32" (default) | "ViT-B-16" | "ViT-L-14" (open_clip's model
-configs; tests/test_zero_shot_sets.py checks these sizes against jaxsup.interop.presets);
+configs; tests/data/test_zero_shot_sets.py checks these sizes against jaxsup.interop.presets);
 "gelu": exact GELU (open_clip's own LAION-trained weights) instead of QuickGELU (OpenAI's);
 "dataset=imagenet2012" (default) | "cifar10" | "cifar100".
 """

@@ -1,7 +1,17 @@
-"""Test setup: 8 simulated CPU devices, set before JAX is imported."""
+"""Test setup: 8 simulated CPU devices, set before JAX is imported; the folders' modules importable.
+
+tests/ mirrors the packages (data/, losses/, kernels/, models/, tasks/, interop/, evaluators/,
+train/, benchmarks/, project/); shared helpers live in helpers.py and interop_helpers.py, and a
+test module may reuse another's NumPy reference (`from test_contrastive_losses import ...`).
+"""
 import os
+import sys
 
 import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, *(os.path.join(HERE, d) for d in sorted(os.listdir(HERE))
+                        if os.path.isdir(os.path.join(HERE, d)) and not d.startswith(("_", ".")))]
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -11,7 +21,7 @@ os.environ["XLA_FLAGS"] = (
 @pytest.fixture
 def nan_lr_allowed(monkeypatch):
     """A NaN learning rate as the stand-in for a diverging run: lifts optim.lr's declared range
-    (a run refuses lr=nan from a config or the command line: tests/test_config_ranges.py)."""
+    (a run refuses lr=nan from a config or the command line: tests/train/test_config_ranges.py)."""
     from jaxsup import config_ranges
 
     monkeypatch.delitem(config_ranges.RANGES, "optim.lr")

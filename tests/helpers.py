@@ -9,6 +9,8 @@ import sys
 import jax
 import numpy as np
 
+from jaxsup.config import apply_overrides  # noqa: F401 (the tests' small configs use the CLI's)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,28 +31,19 @@ def tiny_supervised_config(**overrides):
     return apply_overrides(c, overrides)
 
 
-def few_steps(c, steps: int = 3, batch_size: int = 32):
-    """A config cut to `steps` logged steps on one device, no checkpoints, evaluators only at the end."""
-    c.batch_size = batch_size
+def few_steps(c, steps: int = 3, batch_size: int | None = 32, log_every: int = 1, save_every: int = 0):
+    """A config cut to `steps` steps on one device: a log line every `log_every`, checkpoints every
+    `save_every` (0: at the end) saved synchronously, evaluators only at the end; batch_size None keeps it."""
+    if batch_size is not None:
+        c.batch_size = batch_size
     c.total_steps = steps
-    c.log_every = 1
-    c.checkpoint.every = 0
+    c.log_every = log_every
+    c.checkpoint.every = save_every
     c.checkpoint.async_save = False
     c.mesh = (("data", 1),)
     for ev in c.evals.values():
         ev.every = 0
     return c
-
-
-def apply_overrides(config, overrides: dict):
-    """Sets dotted keys ("optim.lr") on a (locked) ConfigDict; returns it."""
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return config
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -69,7 +69,7 @@ before the second matmul. The whole losses (`pallas_vjp.clip_loss`,
 `pallas_vjp.nt_xent_loss`) subtract the positives' weight inside the f32 tile,
 before that cast, so a confident row's p - 1 is formed in f32 (rounding p ~ 1 to
 bf16 first lost it: 18-21x the gradient's size at CLIP loss 1e-4;
-tests/test_contrastive_confident_bf16.py). The ring's Pallas blocks do the same
+tests/kernels/test_contrastive_confident_bf16.py). The ring's Pallas blocks do the same
 through `softmax_pair_lse_backward(positives=...)` on each row block's own block.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
     tok = ClipBpeTokenizer("/path/bpe_simple_vocab_16e6.txt.gz")
     ids = tok.encode(["a photo of a cat."], max_len=77)   # int32 [1, 77]: SOT ... EOT 0 0 ...
 
-Ids equal open_clip's `SimpleTokenizer` (tests/test_interop_tokenizer.py): text
+Ids equal open_clip's `SimpleTokenizer` (tests/interop/test_interop_tokenizer.py): text
 cleaned with ftfy + twice-unescaped HTML, whitespace collapsed, lower-cased;
 split by CLIP's regular expression; each piece's UTF-8 bytes mapped to printable
 characters and merged by the ranked BPE merges; SOT (49406) first, EOT (49407,

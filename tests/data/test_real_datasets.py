@@ -25,7 +25,7 @@ from jaxsup.data.host import preprocess
 from jaxsup.data.datasets import splits
 from jaxsup.train import train_and_evaluate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 MOCK_EXAMPLES = 32  # per split (mock_data gives every split, and every slice of it, this many)
 SPLITS = {"imagenet2012": ("train", "validation"), "coco_captions": ("train", "val", "test"),
           "cifar10": ("train", "test")}

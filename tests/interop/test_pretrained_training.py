@@ -17,17 +17,15 @@ from jaxsup.config import load_config
 from jaxsup.interop import convert
 from jaxsup.train import train_and_evaluate
 
-from helpers import ROOT, apply_overrides, read_metrics, restored_params
+from helpers import ROOT, apply_overrides, few_steps, read_metrics, restored_params
 
 STEPS = 60
 
 
 def short_config(name: str, **overrides):
-    c = load_config(os.path.join(ROOT, "configs", f"{name}:bytes"))
-    c.total_steps, c.log_every, c.checkpoint.every, c.checkpoint.async_save = STEPS, 2, STEPS, False
-    c.mesh, c.optim.warmup_steps = (("data", 1),), 10
-    for ev in c.evals.values():
-        ev.every = 0
+    c = few_steps(load_config(os.path.join(ROOT, "configs", f"{name}:bytes")), STEPS, batch_size=None, log_every=2,
+                  save_every=STEPS)
+    c.optim.warmup_steps = 10
     return apply_overrides(c, overrides)
 
 

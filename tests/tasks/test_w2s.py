@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import apply_overrides, ROOT, read_metrics, restored_params, tiny_supervised_config
+from helpers import ROOT, apply_overrides, read_metrics, restored_params, tiny_supervised_config
 from jaxsup import sharding
 from jaxsup.config import load_config
 from jaxsup.experiment import build_task
@@ -36,13 +36,7 @@ def tiny_pipeline_config(**stage_overrides):
     c = load_config(f"{CONFIG}:runlocal")
     for stage in ("ceiling", "student", "student_aux"):
         c.stages[stage].model.widths = (4, 8)
-    for key, value in stage_overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return c
+    return apply_overrides(c, stage_overrides)
 
 
 def random_weak_labels(path, n, k=10, seed=0, split=B_SPLIT):
@@ -168,7 +162,7 @@ def test_student_loss_reads_weak_labels_by_index(tmp_path, stage):
     c = student_config(tmp_path / "w.npz", stage, total_steps=10, **{"w2s.warmup_frac": 0.5, "w2s.aux_coef": 0.8})
     task = build_task(c, sharding.make_mesh(c.mesh))
     rng = np.random.default_rng(0)
-    index = rng.permutation(719)[:16].astype(np.int32)  # positions in the split (tests/test_pipeline.py)
+    index = rng.permutation(719)[:16].astype(np.int32)  # positions in the split (tests/data/test_pipeline.py)
     batch = {"image": jnp.asarray(rng.uniform(0, 1, (16, 8, 8, 1)), jnp.float32), "index": jnp.asarray(index)}
     params, state = task.init(jax.random.key(0), jax.tree.map(lambda x: x[:1], batch))
     frozen = task.load_frozen()

@@ -20,7 +20,7 @@ def test_dry_run_prints_the_full_plan_within_the_budget(capsys):
     text = capsys.readouterr().out
     lines = {line.split()[0]: line for line in text.splitlines()[1:]}
     assert list(lines) == STAGES
-    assert "-m gpu" in lines["pytest_gpu"] and "tests/test_pallas_distill.py" in lines["pytest_gpu"]
+    assert "-m gpu" in lines["pytest_gpu"] and "tests/kernels/test_pallas_distill.py" in lines["pytest_gpu"]
     assert all(w in lines["contrastive"] for w in ("--impl reference chunked pallas", "--loss softmax sigmoid",
                                                     "--dim 512", "--start 16384", "bfloat16"))
     assert "2048,1024,32768,float32" in lines["fused_kd"] and "8192,1024,131072,float32" in lines["fused_kd"]

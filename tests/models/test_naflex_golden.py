@@ -1,6 +1,6 @@
 """NaFlex ViT forward vs big_vision's own NaFlex ViT: a golden file made with its model code.
 
-tests/test_naflex_golden.npz: big_vision `models/proj/image_text/naflex_vit.py` (commit 0127fb6b),
+tests/models/test_naflex_golden.npz: big_vision `models/proj/image_text/naflex_vit.py` (commit 0127fb6b),
 random init (width 16, depth 2, 2 heads, MLP 32, MAP pooling, pos_embedding 8 x 8, canvas 16),
 run on 3 images of 3x5, 6x2 and 4x4 random patches (48 values in [-1, 1]) padded to 24; it holds
 the inputs, big_vision's parameters and its outputs (docs/naflex.md says how it was made).

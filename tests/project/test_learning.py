@@ -21,7 +21,7 @@ import pytest
 from jaxsup.config import load_config
 from jaxsup.train import train_and_evaluate
 
-from helpers import ROOT, apply_overrides, train_losses
+from helpers import ROOT, apply_overrides, few_steps, train_losses
 
 SEED = int(os.environ.get("JAXSUP_LEARNING_SEED", "0"))  # to re-measure the bars over seeds
 CHANCE = 0.1  # ten digit classes, about balanced in every split
@@ -30,15 +30,9 @@ LOG_EVERY = 2
 
 def short_config(spec: str, steps: int, **overrides):
     """configs/<spec> shortened: `steps` steps, loss logged every step, evals only at the end."""
-    c = load_config(os.path.join(ROOT, "configs", spec))
+    c = few_steps(load_config(os.path.join(ROOT, "configs", spec)), steps, batch_size=None, log_every=LOG_EVERY,
+                  save_every=steps)
     c.seed = SEED
-    c.total_steps = steps
-    c.log_every = LOG_EVERY
-    c.checkpoint.every = steps
-    c.checkpoint.async_save = False
-    c.mesh = (("data", 1),)
-    for ev in c.evals.values():
-        ev.every = 0
     return apply_overrides(c, overrides)
 
 
@@ -184,7 +178,7 @@ def test_supervised_learns(spec, request):
 @CHAIN_B
 @pytest.mark.parametrize("spec", ["clip_digits.py", "siglip_digits.py"])
 def test_clip_and_siglip_learn_zero_shot_and_retrieval(spec, request):
-    """(The ViT-B/16 configs' runlocal runs on mock TFDS data: tests/test_real_datasets.py.)"""
+    """(The ViT-B/16 configs' runlocal runs on mock TFDS data: tests/data/test_real_datasets.py.)"""
     sigmoid = "siglip" in spec
     r = request.getfixturevalue("siglip" if sigmoid else "clip")
     assert_learned(r, 0.75 if sigmoid else 0.8, "zero_shot/top1", 0.25 if sigmoid else 0.45)

@@ -156,7 +156,7 @@ def test_bad_clip_options_and_batches_are_named():
 
 def test_pallas_impl_falls_back_to_chunked_where_it_cannot_run_or_says_why():
     if jax.default_backend() != "cpu":
-        pytest.skip("on an accelerator the Pallas kernels run; see tests/test_pallas_contrastive.py")
+        pytest.skip("on an accelerator the Pallas kernels run; see tests/kernels/test_pallas_contrastive.py")
     mesh = sharding.make_mesh((("data", 1),))
     batch = digits_batch(tiny_clip_config(), n=8)
     losses = {}

@@ -11,32 +11,37 @@ that holds the batch (`naflex_bucket`); docs/naflex.md.
 
 `arg` switches (comma-separated): "runlocal" shrinks it to a smoke test; "fixed" is the
 fixed-resolution baseline at the same token budget: the canvas squashed to 32 x 32 (8 x 8 = 64
-patches of 4 x 4, aspect lost) into a plain ViT with MAP pooling.
+patches of 4 x 4, aspect lost) into a plain ViT with MAP pooling; "native" keeps a canvas that
+fits the budget at its own size; "buckets=36/64" sets the sequence buckets (the train step is
+compiled once per bucket used).
 """
 from jaxsup.config import derive, parse_switches, shrink_for_runlocal
 
 PATCH = 4
 MAX_PATCHES = 64  # the token budget of both towers' images
-BUCKETS = (MAX_PATCHES,)  # train.py compiles one step shape per run; the model takes any of e.g. 16/36/64
+BUCKETS = (MAX_PATCHES,)  # sequence buckets, e.g. (36, 64): train.py compiles the step once per bucket used
 CANVAS = "digit_canvas:min_side=16,max_side=48,max_aspect=3"
 VIT = dict(patch_size=PATCH, width=64, depth=2, num_heads=2, mlp_dim=128, pool_type="map", num_classes=None)
 
 
-def image_ops(fixed: bool) -> tuple[str, ...]:
+def image_ops(fixed: bool, native: bool = False) -> tuple[str, ...]:
+    """native: a canvas that fits the budget keeps its own size (upscale=0), so batches vary in length."""
     if fixed:
         return (CANVAS, f"resize:{PATCH * int(MAX_PATCHES ** 0.5)}", "image_to_float")
-    return (CANVAS, f"naflex_patchify:patch={PATCH},max_patches={MAX_PATCHES}")
+    return (CANVAS, f"naflex_patchify:patch={PATCH},max_patches={MAX_PATCHES},upscale={int(not native)}")
 
 
 def get_config(arg=None):
-    args = parse_switches(arg, ("runlocal", "fixed"))
+    args = parse_switches(arg, ("runlocal", "fixed", "native"), valued=("buckets",))
     c = derive(__file__, "siglip_digits.py")
     fixed = "fixed" in args
     caption = [op for op in c.data.preprocess if op.startswith(("class_caption", "tokenize"))]
     heldout = [op for op in c.data.eval_preprocess if op.startswith(("class_caption", "tokenize"))]
-    bucket = () if fixed else ("naflex_bucket:buckets=" + "/".join(map(str, BUCKETS)),)
-    c.data.preprocess = (*image_ops(fixed), "label_to_int32", *caption, *bucket, "keep:image,tokens")
-    c.data.eval_preprocess = (*image_ops(fixed), "label_to_int32", *heldout, *bucket, "keep:image,tokens,label")
+    buckets = args.get("buckets", "/".join(map(str, BUCKETS)))  # buckets=36/64
+    bucket = () if fixed else (f"naflex_bucket:buckets={buckets}",)
+    ops = image_ops(fixed, "native" in args)
+    c.data.preprocess = (*ops, "label_to_int32", *caption, *bucket, "keep:image,tokens")
+    c.data.eval_preprocess = (*ops, "label_to_int32", *heldout, *bucket, "keep:image,tokens,label")
     c.model.image = "vit" if fixed else "naflex_vit"
     c.model.image_kwargs = VIT if fixed else {**VIT, "posemb_grid": 8}
     if "runlocal" in args:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,28 @@ def define_flags() -> None:
     flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for the multi-process coordinator.")
     flags.DEFINE_integer("heartbeat_timeout", None, "Seconds without a heartbeat after which a peer process "
                          "counts as dead and the run stops (default: env JAXSUP_HEARTBEAT_TIMEOUT, else 100).")
+
+
+class CompiledSteps:
+    """The train step compiled ahead of time once per batch shape: one executable per sequence
+    bucket (NaFlex), so after warm-up the compilations are the buckets used. `first`: the first one."""
+
+    def __init__(self, step_fn: Any, state: Any, frozen: Any, batch: dict):
+        self.step_fn = step_fn
+        self.compiled: dict[tuple, Any] = {}
+        self.first = self.get(state, frozen, batch)
+
+    def get(self, state: Any, frozen: Any, batch: dict) -> Any:
+        key = tuple((jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.dtype))
+                    for path, leaf in jax.tree_util.tree_leaves_with_path(batch))
+        if key not in self.compiled:
+            if self.compiled:
+                log.info("Compiling the train step for a new batch shape: %s", key)
+            self.compiled[key] = self.step_fn.lower(state, frozen, batch).compile()
+        return self.compiled[key]
+
+    def __call__(self, state: Any, frozen: Any, batch: dict) -> Any:
+        return self.get(state, frozen, batch)(state, frozen, batch)
 
 
 def example_global(example: dict, batch_sharding, config) -> dict:
@@ -168,9 +191,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     batches = pipeline.train_iterator(train_data, start_step, **pipeline.loader_options(config.data))
     first_batch = pipeline.to_global(next(batches), batch_sharding) if start_step < config.total_steps else None
     compile_start = time.perf_counter()
-    train_step = setup.step_fn.lower(state, frozen, first_batch or example_global(example, batch_sharding, config)).compile()
+    train_step = CompiledSteps(setup.step_fn, state, frozen, first_batch or example_global(example, batch_sharding, config))
     perf = {"perf/compile_s": time.perf_counter() - compile_start, **{
-        f"perf/{k}": v for k, v in metrics_lib.compiled_stats(train_step).items()}}
+        f"perf/{k}": v for k, v in metrics_lib.compiled_stats(train_step.first).items()}}
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.peak_flops_per_device)
     log.info("Train step compiled: %s", json.dumps(perf))
     predict = jax.jit(task.predict)

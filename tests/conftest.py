@@ -33,7 +33,7 @@ FAST_FILES = {
     "test_architecture.py", "test_config.py", "test_config_ranges.py", "test_docs.py", "test_storage_errors.py",
     "test_optim.py", "test_sharding_rules.py", "test_tokenizer.py", "test_image_ops.py", "test_weak_losses.py",
     "test_distill_losses.py", "test_contrastive_losses.py", "test_step.py", "test_evaluators.py",
-    "test_convert.py", "test_models.py", "test_fused_linear_kd.py",
+    "test_convert.py", "test_models.py", "test_resnet_heads_two_tower.py", "test_fused_linear_kd.py",
 }
 FAST_TESTS = {"test_train.py::test_final_eval_and_checkpoints_written"}  # the tiny end-to-end run
 

@@ -53,9 +53,9 @@ class Stage:
 
 
 def gpu_test_files() -> list[str]:
-    """tests/*.py files that hold a `@pytest.mark.gpu` test (relative to the repo root)."""
+    """tests/**/test_*.py files that hold a `@pytest.mark.gpu` test (relative to the repo root)."""
     files = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "test_*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)):
         with open(path, encoding="utf-8") as f:
             if "pytest.mark.gpu" in f.read():
                 files.append(os.path.relpath(path, ROOT))

@@ -65,6 +65,11 @@ class Task:
         check_sections(config)
         config_lib.check_section_values(config)  # the ranges its section.py declares
         self.cfg = config[self.SECTION] if self.SECTION else None
+        self.check_section(self.cfg)
+
+    @staticmethod
+    def check_section(cfg: Any) -> None:
+        """ConfigError naming a bad field of the task's own section (set by `register_task(check=)`)."""
 
     def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -82,10 +87,13 @@ class Task:
         raise NotImplementedError
 
 
-def register_task(name: str, section: str = "") -> Callable[[type], type]:
-    """Registers a Task subclass as task `name`; its own config `section` is bound to self.cfg."""
+def register_task(name: str, section: str = "", check: Callable[[Any], None] | None = None) -> Callable[[type], type]:
+    """Registers a Task subclass as task `name`; its own config `section` is bound to self.cfg and
+    `check(self.cfg)` (ConfigError naming a bad field beyond the declared ranges) runs when it is built."""
     def wrap(cls: type) -> type:
         cls.SECTION = section
+        if check is not None:
+            cls.check_section = staticmethod(check)
         return registry.register("task", name)(cls)
 
     return wrap

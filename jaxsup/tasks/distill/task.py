@@ -136,14 +136,12 @@ def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, 
     return info
 
 
-@register_task("distill", section="distill")
+@register_task("distill", section="distill", check=validate_kd_fields)
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        cfg = self.cfg
-        validate_kd_fields(cfg)
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]
         (s_logits, s_out), s_params, _ = abstract_init(self.student, images)
@@ -152,24 +150,24 @@ class Distill(Task):
         if self.reinforced:
             self.stored = check_reinforced(config, data.example, num_classes)
         else:
-            self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules)
+            self.teacher = FrozenModel(self.cfg.teacher, images, config.partition_rules)
             self.teacher.check_classes(num_classes, config.model_name)
         self.num_classes = num_classes
-        self.fused = bool(cfg.fused_head)
+        self.fused = bool(self.cfg.fused_head)
         if self.fused:
             check_linear_head(s_params, s_out, f"student {config.model_name!r}")
             self.student_features = self.student.clone(num_classes=None)
-            if cfg.fused_teacher == "features":
+            if self.cfg.fused_teacher == "features":
                 t_out = {} if self.teacher.feature_dim is None else {"pre_logits": None}
                 check_linear_head(self.teacher.abstract_params, t_out,
                                   f"teacher {self.teacher.model_name!r}")
                 self.teacher_features = self.teacher.model.clone(num_classes=None)
-        self.uses_labels = float(cfg.alpha) < 1.0
+        self.uses_labels = float(self.cfg.alpha) < 1.0
         self.num_labelled = None
-        if self.uses_labels and cfg.labelled_split:
-            self.num_labelled = leading_slice_count(config, cfg.labelled_split, "distill.labelled_split",
+        if self.uses_labels and self.cfg.labelled_split:
+            self.num_labelled = leading_slice_count(config, self.cfg.labelled_split, "distill.labelled_split",
                                                     data.num_examples)
-        self.use_nd = float(cfg.nd_lambda) > 0
+        self.use_nd = float(self.cfg.nd_lambda) > 0
         self.projector = None
         if self.use_nd:
             student_dim = int(s_out["pre_logits"].shape[-1])

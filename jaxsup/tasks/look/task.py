@@ -38,17 +38,15 @@ def validate_fields(cfg: Any) -> None:
     check_augment(cfg.augment, "look.augment")
 
 
-@register_task("look", section="look")
+@register_task("look", section="look", check=validate_fields)
 class Look(Task):
     """Backbone trained by leave-one-out kNN agreement over a feature memory (or CE)."""
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        cfg = self.cfg
-        validate_fields(cfg)
         self.num_train = data.num_examples(config.data.train_split)
         self.backbone = build_backbone(config.model_name, config.model)
-        self.head = nn.Dense(int(cfg.pretrain_classes)) if cfg.loss == "ce" else None
+        self.head = nn.Dense(int(self.cfg.pretrain_classes)) if self.cfg.loss == "ce" else None
 
     def init(self, rng, batch):
         k_b, k_h = jax.random.split(rng)

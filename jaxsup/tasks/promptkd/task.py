@@ -98,20 +98,18 @@ class FrozenClip:
         return ztxt
 
 
-@register_task("promptkd", section="promptkd")
+@register_task("promptkd", section="promptkd", check=validate_fields)
 class PromptKD(Task):
     """Stage "prompt": CoOp context vectors on a frozen CLIP; stage "distill": student + projector."""
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        cfg = self.cfg
-        validate_fields(cfg)
         images = data.example["image"]
-        self.clip = FrozenClip(cfg.clip, images)
-        self.names = list(image_text.CLASS_NAME_SETS[cfg.class_names])
-        self.n_ctx = len(cfg.ctx_init.encode()) if cfg.ctx_init else int(cfg.n_ctx)
-        self.prompt_run = check_run_path(cfg.prompt_run, "promptkd.prompt_run") if cfg.prompt_run else ""
-        if cfg.stage == "distill":
+        self.clip = FrozenClip(self.cfg.clip, images)
+        self.names = list(image_text.CLASS_NAME_SETS[self.cfg.class_names])
+        self.n_ctx = len(self.cfg.ctx_init.encode()) if self.cfg.ctx_init else int(self.cfg.n_ctx)
+        self.prompt_run = check_run_path(self.cfg.prompt_run, "promptkd.prompt_run") if self.cfg.prompt_run else ""
+        if self.cfg.stage == "distill":
             self.student = build_backbone(config.model_name, config.model)
             embed_dim = int(self.clip.model.embed_dim)
             self.projector = nn.Dense(embed_dim, use_bias=False, name="projector")

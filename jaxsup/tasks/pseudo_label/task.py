@@ -64,15 +64,13 @@ def rampup(step: jax.Array, total_steps: int, frac: float) -> jax.Array:
     return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / total_steps / frac)
 
 
-@register_task("pseudo_label", section="pseudo_label")
+@register_task("pseudo_label", section="pseudo_label", check=validate_fields)
 class PseudoLabel(ImageClassifier):
     """Student + EMA teacher: CE on labelled rows, thresholded teacher pseudo-labels on the rest."""
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        cfg = self.cfg
-        validate_fields(cfg)
-        self.num_labelled = leading_slice_count(config, cfg.labelled_split, "pseudo_label.labelled_split",
+        self.num_labelled = leading_slice_count(config, self.cfg.labelled_split, "pseudo_label.labelled_split",
                                                 data.num_examples)
 
     # ------------------------------------------------------------------ state

@@ -77,31 +77,29 @@ def validate_fields(cfg: Any) -> None:
         raise ConfigError(f"tgeo.mode={cfg.mode!r} is not one of {MODES}.")
 
 
-@register_task("tgeo_kd", section="tgeo")
+@register_task("tgeo_kd", section="tgeo", check=validate_fields)
 class TGeoKD(Task):
     """Student + ratio network (mode "learned") or constant ratio (mode "fixed"); see the module doc."""
 
     def __init__(self, config: Any, mesh, data: DataInfo):
         super().__init__(config, mesh, data)
-        cfg = self.cfg
-        validate_fields(cfg)
         self.student = build_model(config.model_name, config.model)
         images = data.example["image"]
-        self.teacher = FrozenModel(cfg.teacher, images, config.partition_rules, what="tgeo.teacher")
+        self.teacher = FrozenModel(self.cfg.teacher, images, config.partition_rules, what="tgeo.teacher")
         (logits, _), _, student_state = abstract_init(self.student, images)
         self.num_classes = int(logits.shape[-1])
         self.teacher.check_classes(self.num_classes, config.model_name)
         if student_state:
             raise ConfigError(f"tgeo_kd needs a student without mutable state; {config.model_name!r} has "
                               f"{sorted(student_state)} (the virtual step of the bilevel update cannot carry it).")
-        self.num_train = data.num_examples(config.data.train_split) - int(cfg.val_examples)
+        self.num_train = data.num_examples(config.data.train_split) - int(self.cfg.val_examples)
         if self.num_train < 1:
-            raise ConfigError(f"tgeo.val_examples={cfg.val_examples} leaves no training examples in "
+            raise ConfigError(f"tgeo.val_examples={self.cfg.val_examples} leaves no training examples in "
                               f"data.train_split={config.data.train_split!r}.")
-        self.ratio = RatioNet(int(cfg.hidden), float(cfg.alpha)) if cfg.mode == "learned" else None
-        self.swap = tuple(tuple(int(c) for c in pair) for pair in cfg.teacher_swap)
+        self.ratio = RatioNet(int(self.cfg.hidden), float(self.cfg.alpha)) if self.cfg.mode == "learned" else None
+        self.swap = tuple(tuple(int(c) for c in pair) for pair in self.cfg.teacher_swap)
         if any(len(p) != 2 or not all(0 <= c < self.num_classes for c in p) for p in self.swap):
-            raise ConfigError(f"tgeo.teacher_swap={cfg.teacher_swap!r} must be pairs of class ids in [0, "
+            raise ConfigError(f"tgeo.teacher_swap={self.cfg.teacher_swap!r} must be pairs of class ids in [0, "
                               f"{self.num_classes}).")
 
     def init(self, rng, batch):

@@ -63,18 +63,27 @@ def _scaled_logit_tiles(
     return s, lax.stop_gradient(t * inv_temperature)
 
 
-def _scan_tiles(body, init, h_s, w_s, teacher, tile, inv_temperature):
-    """Runs `body(carry, start, valid, w_tile, s, t) -> carry` over all V tiles."""
-    vocab = w_s.shape[1]
+def scan_column_tiles(body, init, w: jax.Array, tile: int):
+    """Runs `body(carry, start, valid, w_tile) -> carry` over the column tiles of w [H, V]:
+    w_tile [H, tile] starts at `start`, valid [1, tile] masks its already-seen columns."""
+    vocab = w.shape[1]
 
     def step(carry, index):
         start, valid = tile_start_and_mask(index, tile, vocab)
-        w_tile = sliced(w_s, start, tile)
-        s, t = _scaled_logit_tiles(h_s, w_tile, teacher, start, tile, inv_temperature)
-        return body(carry, start, valid, w_tile, s, t), None
+        return body(carry, start, valid, sliced(w, start, tile)), None
 
     carry, _ = lax.scan(step, init, jnp.arange(-(-vocab // tile)))
     return carry
+
+
+def _scan_tiles(body, init, h_s, w_s, teacher, tile, inv_temperature):
+    """Runs `body(carry, start, valid, w_tile, s, t) -> carry` over all V tiles."""
+
+    def tile_body(carry, start, valid, w_tile):
+        s, t = _scaled_logit_tiles(h_s, w_tile, teacher, start, tile, inv_temperature)
+        return body(carry, start, valid, w_tile, s, t)
+
+    return scan_column_tiles(tile_body, init, w_s, tile)
 
 
 def _chunked_rows(h_s, w_s, teacher, temperature, kind, beta, tile):
@@ -110,26 +119,36 @@ def _chunked_grads(h_s, w_s, teacher, residual_rows, row_scale, temperature, kin
     vocab = w_s.shape[1]
 
     def grad_body(carry, start, valid, w_tile, s, t):
-        dh, dw = carry
         ds = tiles.student_grad_tile(s, t, lse_s, lse_t, row_c, kind, beta)
         dz = jnp.where(valid, ds, 0.0) * row_scale[:, None]
-        dh = dh + lax.dot_general(
-            dz.astype(w_s.dtype), w_tile, (((1,), (1,)), ((), ())),
-            preferred_element_type=jnp.float32,
-        )
-        dw_tile = lax.dot_general(
-            h_s, dz.astype(h_s.dtype), (((0,), (0,)), ((), ())),
-            preferred_element_type=jnp.float32,
-        )
-        old = lax.dynamic_slice_in_dim(dw, start, tile, axis=1)
-        dw = lax.dynamic_update_slice_in_dim(dw, jnp.where(valid, dw_tile, old), start, axis=1)
-        return dh, dw
+        return accumulate_tile_grads(carry, dz, h_s, w_tile, start, valid)
 
-    init = (
-        jnp.zeros(h_s.shape, jnp.float32),
-        jnp.zeros((h_s.shape[1], vocab), jnp.float32),
+    return _scan_tiles(grad_body, zero_grads(h_s, vocab), h_s, w_s, teacher, tile, 1.0 / temperature)
+
+
+def zero_grads(h: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """The f32 (dh [N, H], dW [H, V]) accumulators of a tiled backward pass."""
+    return jnp.zeros(h.shape, jnp.float32), jnp.zeros((h.shape[1], vocab), jnp.float32)
+
+
+def accumulate_tile_grads(
+    grads: tuple[jax.Array, jax.Array], dz: jax.Array, h: jax.Array, w_tile: jax.Array,
+    start: jax.Array, valid: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Adds one tile's logit gradient dz [N, tile] (zero on invalid columns) to (dh [N, H], dW [H, V]):
+    `dh += dz W_tile^T`, `dW[:, tile] = h^T dz` on the tile's valid columns."""
+    dh, dw = grads
+    dh = dh + lax.dot_general(
+        dz.astype(w_tile.dtype), w_tile, (((1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32,
     )
-    return _scan_tiles(grad_body, init, h_s, w_s, teacher, tile, 1.0 / temperature)
+    dw_tile = lax.dot_general(
+        h, dz.astype(h.dtype), (((0,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
+    old = lax.dynamic_slice_in_dim(dw, start, dz.shape[1], axis=1)
+    dw = lax.dynamic_update_slice_in_dim(dw, jnp.where(valid, dw_tile, old), start, axis=1)
+    return dh, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))

@@ -42,7 +42,7 @@ from jaxsup.config import load_config
 from jaxsup.data.loader import batching
 from jaxsup.data.convert import cli as convert
 from jaxsup.data.host import preprocess
-from jaxsup.data.reinforce import cli as reinforce
+from jaxsup.data.reinforce import cli as reinforce, teachers
 from jaxsup.data.datasets import shards, sources
 from jaxsup.experiment import build_task
 from jaxsup.tasks.common import build_model
@@ -137,7 +137,7 @@ def student_scores(config, teacher_top1: np.ndarray, labels: np.ndarray) -> tupl
 def agreement(args) -> list[dict]:
     """Rows per k ("online": the teacher in the step, on the crops of the last k's reinforcement)."""
     spec0 = reinforce.make_spec(args.data, "train", args.teacher, crop=CROP)
-    teacher_top1, labels = test_predictions(args.data, args.teacher, "params", reinforce.teacher_model(spec0))
+    teacher_top1, labels = test_predictions(args.data, args.teacher, "params", teachers.build(spec0["teachers"][0]))
     rows, info, directory = [], {}, ""
     for k in args.k.split(","):
         if k != "online":

@@ -22,6 +22,11 @@ IMPORT_FORMATS = ("open_clip", "big_vision", "hf")
 EXPORT_FORMATS = ("open_clip", "npz", "hf")
 
 
+def is_public_checkpoint(spec: str) -> bool:
+    """True for "FORMAT:PATH" with FORMAT one of the import formats."""
+    return spec.partition(":")[0] in IMPORT_FORMATS
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": x}} -> {"a/b": x}."""
     out = {}

@@ -25,6 +25,7 @@ from jaxsup import checkpoint, registry, sharding
 from jaxsup.data.device import augment
 from jaxsup.errors import ConfigError
 from jaxsup.interop import convert
+from jaxsup.interop.convert import is_public_checkpoint  # noqa: F401 (used by tasks)
 from jaxsup.losses.classification import classification_metrics
 from jaxsup.losses.contrastive import CONTRASTIVE_IMPLS
 from jaxsup.tasks.base import Batch, DataInfo, Task
@@ -226,11 +227,6 @@ def restore_warm_start(cfg: Any, init_from: str, params: Any, task_state: Any) -
     if cfg.init_state_subtree:
         task_state = {name: read(f"{cfg.init_state_subtree}/{name}", coll) for name, coll in task_state.items()}
     return read(cfg.init_subtree, params), task_state
-
-
-def is_public_checkpoint(spec: str) -> bool:
-    """True for "FORMAT:PATH" with FORMAT one of jaxsup.interop's import formats."""
-    return spec.partition(":")[0] in convert.IMPORT_FORMATS
 
 
 def load_pretrained(spec: str, params: Any, subtree: str = "", names: tuple[str, ...] = ()) -> Any:

@@ -87,7 +87,8 @@ def test_stores_the_host_op_draws_and_the_teachers_topk(reinforced, digits_ar, t
     source = shards.open_split(digits_ar, "train")
     rec = store.Sidecar(reinforced)[7]
     ex = source[7]
-    boxes, flips = store.draw_params(info, 7, 8, 8)
+    drawn = store.draw_params(info, 7, 8, 8)
+    boxes, flips = drawn["box"], drawn["flip"]
     np.testing.assert_array_equal(rec["box"], boxes)
     np.testing.assert_array_equal(rec["flip"], flips)
     assert rec["key"] == ex["key"] and rec["box"].shape == (3, 4) and set(rec["flip"].tolist()) <= {0, 1}
@@ -97,7 +98,7 @@ def test_stores_the_host_op_draws_and_the_teachers_topk(reinforced, digits_ar, t
     from helpers import restored_params
     from jaxsup.tasks.common import build_model
 
-    images = np.stack([store.render(ex["image"], b, f, info, "x") for b, f in zip(boxes, flips)])
+    images = np.stack([store.render(ex["image"], {"box": b, "flip": f}, info, "x") for b, f in zip(boxes, flips)])
     logits = np.asarray(build_model("mlp", TEACHER_MODEL).apply({"params": restored_params(teacher_dir)},
                                                                  jnp.asarray(images, jnp.float32) / 255.0)[0])
     order = np.argsort(-logits, axis=1)[:, :4]
@@ -172,7 +173,7 @@ def expected_images(digits_ar, reinforced, batch) -> np.ndarray:
     out = []
     for index, choice in zip(batch["index"], batch["reinforced_choice"]):
         rec = side[int(index)]
-        out.append(store.render(source[int(index)]["image"], rec["box"][choice], rec["flip"][choice], side.info, "x"))
+        out.append(store.render(source[int(index)]["image"], store.augmentation(rec, choice), side.info, "x"))
     return np.stack(out)
 
 
@@ -227,7 +228,8 @@ def test_record_round_trip_in_each_storage_dtype(dtype, numpy_dtype):
     logits = rng.normal(size=(2, 3)).astype(np.float32) * 5
     indices = np.asarray([[0, 9, 4], [69999 if dtype == "float32" else 7, 1, 2]])
     boxes, flips, rest = np.arange(8).reshape(2, 4), np.asarray([1, 0]), np.asarray([-np.inf, 0.25], np.float32)
-    rec = store.decode(store.encode("k", boxes, flips, logits, indices, rest, spec), spec)
+    fields = {"key": "k", "box": boxes, "flip": flips, "logits": logits, "indices": indices, "lse_rest": rest}
+    rec = store.decode(store.encode(fields, spec), spec)
     np.testing.assert_array_equal(rec["logits"], logits.astype(numpy_dtype).astype(np.float32))
     assert rec["logits"].dtype == np.float32 and rec["indices"].dtype == np.int32
     np.testing.assert_array_equal(rec["indices"], indices)
@@ -237,3 +239,18 @@ def test_record_round_trip_in_each_storage_dtype(dtype, numpy_dtype):
     assert rec["key"] == "k"
     if dtype != "float32":
         assert not np.array_equal(rec["logits"], logits)  # really stored in 16 bits
+
+
+def test_randaugment_layers_are_stored_and_replayed_bitwise(digits_ar, teacher_dir, tmp_path):
+    out = str(tmp_path / "ra")
+    make(digits_ar, teacher_dir, out, randaugment="num_layers=2,magnitude=9")
+    rec, info = store.Sidecar(out)[3], store.read_info(out)
+    drawn = store.draw_params(info, 3, 8, 8)
+    assert rec["ra_ops"].shape == (3, 2) and rec["ra_mag"].dtype == np.float64
+    np.testing.assert_array_equal(rec["ra_ops"], drawn["ra_ops"])
+    plain = store.render(shards.open_split(digits_ar, "train")[3]["image"], {"box": rec["box"][0], "flip": 0}, info, "x")
+    batch = replay_dataset(digits_ar, out)[0]
+    np.testing.assert_array_equal(batch["image"], expected_images(digits_ar, out, batch))
+    assert not np.array_equal(store.render(shards.open_split(digits_ar, "train")[3]["image"],
+                                           {**store.augmentation(rec, 0), "flip": 0}, info, "x"), plain) or \
+        set(rec["ra_ops"][0].tolist()) <= {0}  # the stored layers change the crop (unless both are identity)

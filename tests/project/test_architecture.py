@@ -21,7 +21,8 @@ LAYERS = {
     "jaxsup.sharding": 3, "jaxsup.microbatch": 3, "jaxsup.distributed": 3, "jaxsup.metrics": 3, "jaxsup.workdir": 3,
     "jaxsup.plot": 3,  # reads metrics.jsonl only; the run (train) and its CLI both use it
     "jaxsup.optim": 4, "jaxsup.checkpoint": 4,
-    "jaxsup.models": 5, "jaxsup.losses": 5, "jaxsup.data": 5, "jaxsup.interop": 5,
+    "jaxsup.interop": 4,  # weight formats only (imports errors): data.reinforce loads public teachers through it
+    "jaxsup.models": 5, "jaxsup.losses": 5, "jaxsup.data": 5,
     "jaxsup.tasks": 6, "jaxsup.evaluators": 6,
     "jaxsup.step": 7,
     "jaxsup.experiment": 8, "jaxsup.cli": 8,

@@ -19,6 +19,7 @@ from jaxsup.errors import ConfigError
 
 MAX_MAGNITUDE = 10.0
 FILL = (128, 128, 128)
+DEFAULTS = {"num_layers": 2, "magnitude": 9.0}
 
 
 def _enhance(cls) -> Callable[[Image.Image, float], Image.Image]:
@@ -51,22 +52,38 @@ TRANSFORMS: dict[str, tuple[Callable[[Image.Image, float], Image.Image], bool]] 
 NAMES = tuple(TRANSFORMS)
 
 
+def draw_layers(rng: np.random.Generator, num_layers: int, magnitude: float) -> tuple[np.ndarray, np.ndarray]:
+    """(transform ids uint8 [L], signed magnitudes float64 [L] in [-1, 1]) of one RandAugment draw."""
+    ids = rng.integers(0, len(NAMES), num_layers)
+    m = magnitude / MAX_MAGNITUDE
+    mags = [-m if TRANSFORMS[NAMES[k]][1] and rng.uniform() < 0.5 else m for k in ids]
+    return np.asarray(ids, np.uint8), np.asarray(mags, np.float64)
+
+
+def apply_layers(image: np.ndarray, ids: np.ndarray, mags: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H, W, 3] after transforms `ids` [L] at signed magnitudes `mags` [L]."""
+    pil = Image.fromarray(image)
+    for k, m in zip(np.asarray(ids).tolist(), np.asarray(mags, np.float64).tolist()):
+        pil = TRANSFORMS[NAMES[k]][0](pil, m)
+    return to_array(pil)
+
+
 def rand_augment(image: np.ndarray, rng: np.random.Generator, num_layers: int, magnitude: float) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [H, W, 3] after `num_layers` random transforms at `magnitude` (0..10)."""
-    pil = Image.fromarray(image)
-    for k in rng.integers(0, len(NAMES), num_layers):
-        fn, signed = TRANSFORMS[NAMES[k]]
-        m = magnitude / MAX_MAGNITUDE
-        pil = fn(pil, -m if signed and rng.uniform() < 0.5 else m)
-    return to_array(pil)
+    return apply_layers(image, *draw_layers(rng, num_layers, magnitude))
+
+
+def check_args(kw: dict) -> dict:
+    """randaugment's {"num_layers", "magnitude"}, ConfigError when out of range."""
+    if kw["num_layers"] < 0 or not 0 <= kw["magnitude"] <= MAX_MAGNITUDE:
+        raise ConfigError(f"randaugment: need num_layers >= 0 and 0 <= magnitude <= {MAX_MAGNITUDE}; got {kw}.")
+    return kw
 
 
 @register_op("randaugment")
 def randaugment(arg: str = "") -> Callable[[Example], Example]:
     """RandAugment of the decoded uint8 "image" (RGB); see the module docstring."""
-    kw = op_args("randaugment", arg, {"num_layers": 2, "magnitude": 9.0})
-    if kw["num_layers"] < 0 or not 0 <= kw["magnitude"] <= MAX_MAGNITUDE:
-        raise ConfigError(f"randaugment: need num_layers >= 0 and 0 <= magnitude <= {MAX_MAGNITUDE}; got {kw}.")
+    kw = check_args(op_args("randaugment", arg, DEFAULTS))
     salt = f"randaugment:{arg}"
 
     def op(ex: Example) -> Example:

@@ -2,26 +2,32 @@
 
 Layout of one reinforcement (DIR, by default `<data path>/<split>/reinforced`):
 
-    DIR/shard-00000.array_record   one record per example of the split's shard-00000, same order:
-                                   msgpack {"key": str, "box": int32 [K, 4] (left, top, w, h),
-                                   "flip": uint8 [K], "logits": dtype [K, k], "indices": uint16|int32 [K, k],
-                                   "lse_rest": float32 [K]} (arrays as raw bytes)
+    DIR/shard-00000.array_record   one msgpack record per example of the split's shard-00000, same order;
+                                   arrays as raw bytes, fields in `field_formats(info)`:
+        "key" str, "box" int32 [K, 4] (left, top, w, h), "flip" uint8 [K],
+        with RandAugment: "ra_ops" uint8 [K, L] (randaugment.NAMES ids), "ra_mag" float64 [K, L] (signed),
+        classifier teachers (the ensemble's mean logits): "logits" dtype [K, k], "indices" uint16|int32 [K, k],
+            "lse_rest" float32 [K];
+        CLIP teachers: "zimg" dtype [K, T, E] (T teachers), "captions" [C] str, "ztxt" dtype [C, T, E]
     DIR/shard-00000.json           the shard's summary (written last: marks it complete)
     DIR/plan.json                  the command's settings (a resume must match them)
-    DIR/reinforce.json             the finished reinforcement: settings, num_examples, bytes per example
+    DIR/reinforce.json             the finished reinforcement: settings, num_examples, bytes per example,
+                                   and for CLIP each teacher's "log_t" (and SigLIP "bias")
 
-Augmentation j of example i (its position in the base split) draws its crop box
-with `image_ops.sample_inception_box` and its flip (`uniform() < flip_prob`) from
-`default_rng([crc32("reinforce"), seed, i, j])`; `render` makes the image the
-teacher saw. "logits" are the teacher's top-k logits (raw), "lse_rest" the
-logsumexp of the other V - k logits divided by the temperature (-inf at k = V),
+Augmentation j of example i draws its crop box with `image_ops.sample_inception_box`,
+its flip (`uniform() < flip_prob`) and its RandAugment layers (`randaugment.draw_layers`)
+from `default_rng([crc32("reinforce"), seed, i, j])`; `render` makes the image the
+teacher saw. "logits" are the top-k of the teachers' mean logits (raw), "lse_rest"
+the logsumexp of the other V - k logits divided by the temperature (-inf at k = V),
 so `jaxsup.losses.topk_kd` is exact on what is kept.
 
 Replay: the preprocess op `reinforce:DIR` (before `keep`) picks augmentation
 `example_rng(ex, "reinforce").integers(K)` — a pure function of (seed, epoch,
-index) — renders that stored crop (bitwise the teacher's image) and adds
-"reinforced_logits" [k] f32, "reinforced_indices" [k] int32,
-"reinforced_lse_rest" [] f32 and "reinforced_choice" [] int32 to the example.
+index) — renders that stored augmentation (bitwise the teacher's image) and adds
+"reinforced_choice" [] int32 and the targets (OUTPUT_KEYS): classifiers
+"reinforced_logits" [k] f32, "reinforced_indices" [k] int32, "reinforced_lse_rest" [] f32;
+CLIP "reinforced_zimg" [T, E] f32, "text" (caption `example_rng(ex, "reinforce_caption").integers(C)`,
+for the student's own tokenize op) and "reinforced_ztxt" [T, E] f32.
 The split must be the reinforced one or a leading slice of it (record i is
 example i; the record's key is checked against the example's).
 """
@@ -40,7 +46,8 @@ import ml_dtypes
 import numpy as np
 
 from jaxsup.data.datasets import shards
-from jaxsup.data.host.image_ops import crop_resize, example_name, get_image, sample_inception_box
+from jaxsup.data.host import randaugment
+from jaxsup.data.host.image_ops import as_channels, crop_resize, example_name, get_image, sample_inception_box
 from jaxsup.data.host.preprocess import RNG_KEY, Example, example_rng, register_op
 from jaxsup.errors import DataError
 
@@ -48,28 +55,53 @@ INFO = "reinforce.json"
 PLAN = "plan.json"
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 OUTPUT_KEYS = ("reinforced_logits", "reinforced_indices", "reinforced_lse_rest", "reinforced_choice")
+CLIP_OUTPUT_KEYS = ("reinforced_zimg", "reinforced_ztxt", "reinforced_choice")  # and "text"
+AUGMENT_KEYS = ("box", "flip", "ra_ops", "ra_mag")
 
 
 # ----------------------------------------------------------------------------- augmentation parameters
 
 
-def draw_params(spec: dict[str, Any], index: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes int32 [K, 4] (left, top, w, h), flips uint8 [K]) of example `index` of a width x height image."""
-    boxes, flips = [], []
+def image_shape(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """(S, S, C): the rendered crop's shape."""
+    return spec["size"], spec["size"], spec["channels"]
+
+
+def draw_params(spec: dict[str, Any], index: int, width: int, height: int) -> dict[str, np.ndarray]:
+    """The K augmentations of example `index` of a width x height image: {"box" int32 [K, 4] (left, top,
+    w, h), "flip" uint8 [K]} and, with spec["randaugment"], {"ra_ops" uint8 [K, L], "ra_mag" float64 [K, L]}."""
+    out: dict[str, list] = {"box": [], "flip": [], "ra_ops": [], "ra_mag": []}
+    ra = spec.get("randaugment") or {}
     for j in range(spec["augmentations"]):
         rng = np.random.default_rng([zlib.crc32(b"reinforce"), spec["seed"] % 2**32, index, j])
-        boxes.append(sample_inception_box(rng, width, height, tuple(spec["scale"]), tuple(spec["ratio"])))
-        flips.append(rng.uniform() < spec["flip_prob"])
-    return np.asarray(boxes, np.int32), np.asarray(flips, np.uint8)
+        out["box"].append(sample_inception_box(rng, width, height, tuple(spec["scale"]), tuple(spec["ratio"])))
+        out["flip"].append(rng.uniform() < spec["flip_prob"])
+        if ra:
+            ops, mags = randaugment.draw_layers(rng, ra["num_layers"], ra["magnitude"])
+            out["ra_ops"].append(ops)
+            out["ra_mag"].append(mags)
+    formats = field_formats(spec)
+    return {k: np.asarray(v, formats[k][0]) for k, v in out.items() if k in formats}
 
 
-def render(image: Any, box: np.ndarray, flip: Any, spec: dict[str, Any], where: str) -> np.ndarray:
-    """The crop `box` of `image` (bytes or uint8 [H, W, C]) resized to spec["size"], flipped if `flip`
-    -> uint8 [size, size, C] (the ops `inception_crop` and `flip_lr` use)."""
+def augmentation(params: dict[str, np.ndarray], j: int) -> dict[str, np.ndarray]:
+    """Augmentation j of draw_params' (or a record's) [K, ...] parameters."""
+    return {k: params[k][j] for k in AUGMENT_KEYS if k in params}
+
+
+def render(image: Any, aug: dict[str, np.ndarray], spec: dict[str, Any], where: str) -> np.ndarray:
+    """`image` (bytes or uint8 [H, W, C]) cropped to aug["box"], resized to spec["size"], flipped if
+    aug["flip"], RandAugmented by aug["ra_ops"] / ["ra_mag"] if present -> uint8 [size, size, C]
+    (the host ops `inception_crop`, `flip_lr` and `randaugment`)."""
     size = spec["size"]
-    out = crop_resize(image, tuple(int(v) for v in box), (size, size), spec["channels"], where,
+    out = crop_resize(image, tuple(int(v) for v in aug["box"]), (size, size), spec["channels"], where,
                       bool(spec["antialias"]))
-    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+    out = np.ascontiguousarray(out[:, ::-1]) if aug["flip"] else out
+    if "ra_ops" in aug:
+        rgb = randaugment.apply_layers(as_channels(out, 3, where), aug["ra_ops"], aug["ra_mag"])
+        out = as_channels(rgb, spec["channels"], where)
+        out = out[..., None] if out.ndim == 2 else out
+    return out
 
 
 # ----------------------------------------------------------------------------- teacher targets
@@ -94,26 +126,45 @@ def index_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint16 if num_classes <= 2**16 else np.int32)
 
 
-def encode(key: str, boxes: np.ndarray, flips: np.ndarray, logits: np.ndarray, indices: np.ndarray,
-           lse_rest: np.ndarray, spec: dict[str, Any]) -> bytes:
-    """One example's sidecar record (arrays [K, ...] in their stored dtypes, as raw bytes)."""
-    return shards.encode_record({
-        "key": key, "box": boxes.astype(np.int32).tobytes(), "flip": flips.astype(np.uint8).tobytes(),
-        "logits": np.asarray(logits, np.float32).astype(DTYPES[spec["dtype"]]).tobytes(),
-        "indices": np.asarray(indices).astype(index_dtype(spec["num_classes"])).tobytes(),
-        "lse_rest": np.asarray(lse_rest, np.float32).tobytes()})
+def field_formats(spec: dict[str, Any]) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """{field: (stored dtype, shape)} of a record (-1: the example's caption count C)."""
+    k_aug, value = spec["augmentations"], DTYPES[spec["dtype"]]
+    out: dict[str, tuple[Any, tuple[int, ...]]] = {"box": (np.int32, (k_aug, 4)), "flip": (np.uint8, (k_aug,))}
+    if spec.get("randaugment"):
+        layers = spec["randaugment"]["num_layers"]
+        out.update(ra_ops=(np.uint8, (k_aug, layers)), ra_mag=(np.float64, (k_aug, layers)))
+    if spec.get("kind", "classifier") == "clip":
+        t, e = len(spec["teachers"]), spec["embed_dim"]
+        out.update(zimg=(value, (k_aug, t, e)), ztxt=(value, (-1, t, e)))
+    else:
+        k = spec["topk"]
+        out.update(logits=(value, (k_aug, k)), indices=(index_dtype(spec["num_classes"]), (k_aug, k)),
+                   lse_rest=(np.float32, (k_aug,)))
+    return out
+
+
+def encode(fields: dict[str, Any], spec: dict[str, Any]) -> bytes:
+    """One example's sidecar record: "key", ("captions"), and field_formats' arrays as raw bytes."""
+    record = {name: np.asarray(fields[name]).astype(dtype).tobytes() for name, (dtype, _) in field_formats(spec).items()}
+    record["key"] = str(fields["key"])
+    if "captions" in fields:
+        record["captions"] = [str(c) for c in fields["captions"]]
+    return shards.encode_record(record)
 
 
 def decode(record: bytes, spec: dict[str, Any]) -> dict[str, Any]:
-    """A sidecar record -> {"key", "box" [K, 4], "flip" [K], "logits" [K, k] f32, "indices" [K, k] int32,
-    "lse_rest" [K] f32}."""
+    """A sidecar record -> {"key", ("captions"), arrays [K, ...]}: stored floats as float32 (RandAugment
+    magnitudes float64), indices int32."""
     raw = shards.decode_record(record)
-    n, k = spec["augmentations"], spec["topk"]
-    return {"key": raw["key"], "box": np.frombuffer(raw["box"], np.int32).reshape(n, 4),
-            "flip": np.frombuffer(raw["flip"], np.uint8),
-            "logits": np.frombuffer(raw["logits"], DTYPES[spec["dtype"]]).reshape(n, k).astype(np.float32),
-            "indices": np.frombuffer(raw["indices"], index_dtype(spec["num_classes"])).reshape(n, k).astype(np.int32),
-            "lse_rest": np.frombuffer(raw["lse_rest"], np.float32)}
+    out = {k: raw[k] for k in ("key", "captions") if k in raw}
+    for name, (dtype, shape) in field_formats(spec).items():
+        array = np.frombuffer(raw[name], dtype).reshape(shape)
+        if name == "indices":
+            array = array.astype(np.int32)
+        elif name in ("logits", "lse_rest", "zimg", "ztxt"):
+            array = array.astype(np.float32)
+        out[name] = array
+    return out
 
 
 # ----------------------------------------------------------------------------- reading a reinforcement
@@ -162,6 +213,16 @@ def open_sidecar(directory: str) -> Sidecar:
     return Sidecar(os.path.abspath(directory))
 
 
+def targets(rec: dict[str, Any], choice: int, ex: Example) -> dict[str, Any]:
+    """The stored targets of augmentation `choice` (and, for CLIP, of a caption chosen by the example's key)."""
+    if "zimg" not in rec:
+        return {"reinforced_logits": rec["logits"][choice], "reinforced_indices": rec["indices"][choice],
+                "reinforced_lse_rest": rec["lse_rest"][choice]}
+    caption = int(example_rng(ex, "reinforce_caption").integers(len(rec["captions"])))
+    return {"reinforced_zimg": rec["zimg"][choice], "text": rec["captions"][caption],
+            "reinforced_ztxt": rec["ztxt"][caption]}
+
+
 def replay(ex: Example, side: Sidecar) -> Example:
     """`ex` with its image replaced by stored augmentation `example_rng(ex, "reinforce").integers(K)`
     and the stored targets added (see the module docstring)."""
@@ -175,10 +236,8 @@ def replay(ex: Example, side: Sidecar) -> Example:
                         f"is {rec['key']!r}: train on the reinforced split ({side.info['split']!r}) or a "
                         "leading slice of it.")
     choice = int(example_rng(ex, "reinforce").integers(side.info["augmentations"]))
-    image = render(get_image(ex, "reinforce"), rec["box"][choice], rec["flip"][choice], side.info, where)
-    return {**ex, "image": image, "reinforced_logits": rec["logits"][choice],
-            "reinforced_indices": rec["indices"][choice], "reinforced_lse_rest": rec["lse_rest"][choice],
-            "reinforced_choice": np.int32(choice)}
+    image = render(get_image(ex, "reinforce"), augmentation(rec, choice), side.info, where)
+    return {**ex, "image": image, **targets(rec, choice, ex), "reinforced_choice": np.int32(choice)}
 
 
 @register_op("reinforce")

@@ -119,3 +119,16 @@ def get_tokenizer(name_or_path: str, add_bos: bool | None = None) -> Tokenizer:
         f"Unknown tokenizer {name_or_path!r}: use 'bytes', 'clip' ('clip:/path/bpe_simple_vocab_16e6.txt.gz') "
         "or a path to a SentencePiece .model file."
     )
+
+
+def with_tokenizer_vocab(model_kwargs: dict, tokenizer: str) -> dict:
+    """{"text_kwargs": ... with vocab_size} of a two_tower's kwargs read from `tokenizer` (config.clip.tokenizer),
+    or {} when it is ""; ConfigError when the kwargs give another nonzero vocab_size."""
+    if not tokenizer:
+        return {}
+    text = dict(model_kwargs.get("text_kwargs") or {})
+    vocab_size = get_tokenizer(tokenizer).vocab_size
+    if text.get("vocab_size", 0) not in (0, vocab_size):
+        raise ConfigError(f"config.model.text_kwargs.vocab_size={text['vocab_size']} but tokenizer {tokenizer!r} "
+                          f"has {vocab_size} ids; set it to 0 (taken from the tokenizer).")
+    return {"text_kwargs": {**text, "vocab_size": vocab_size}}

@@ -40,7 +40,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxsup import sharding
-from jaxsup.data.text.tokenizer import get_tokenizer
+from jaxsup.data.text.tokenizer import with_tokenizer_vocab
 from jaxsup.errors import ConfigError, DataError
 from jaxsup.losses import clip_kd, contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches
@@ -62,18 +62,6 @@ def contrastive_image_text_loss(
     return contrastive.sigmoid_contrastive(zimg, ztxt, out["log_t"], out["bias"], **kw)
 
 
-def text_vocab(model_kwargs: dict[str, Any], tokenizer: str) -> dict[str, Any]:
-    """{"text_kwargs": ... with vocab_size} read from `tokenizer` when config.clip.tokenizer is set, else {}."""
-    if not tokenizer:
-        return {}
-    text = dict(model_kwargs.get("text_kwargs") or {})
-    vocab_size = get_tokenizer(tokenizer).vocab_size
-    if text.get("vocab_size", 0) not in (0, vocab_size):
-        raise ConfigError(f"config.model.text_kwargs.vocab_size={text['vocab_size']} but tokenizer {tokenizer!r} "
-                          f"has {vocab_size} ids; set it to 0 (taken from the tokenizer).")
-    return {"text_kwargs": {**text, "vocab_size": vocab_size}}
-
-
 @register_task("clip", section="clip")
 class Clip(Task):
     """Two-tower image-text contrastive training; see the module docstring."""
@@ -90,7 +78,7 @@ class Clip(Task):
                 f"config.model.loss {kwargs['loss']!r} contradicts config.clip.loss {opts.loss!r}; "
                 "set only config.clip.loss."
             )
-        self.model = build_model(config.model_name, {**kwargs, "loss": opts.loss, **text_vocab(kwargs, opts.tokenizer)})
+        self.model = build_model(config.model_name, {**kwargs, "loss": opts.loss, **with_tokenizer_vocab(kwargs, opts.tokenizer)})
         self.teacher = self._teacher_model(kwargs) if opts.teacher else None
         k = opts.grad_cache_micro_batches
         check_micro_batches(config.batch_size, k, sharding.num_batch_shards(mesh, config.batch_axes),
@@ -105,7 +93,7 @@ class Clip(Task):
         opts = self.cfg
         kwargs = opts.teacher_model.to_dict() if hasattr(opts.teacher_model, "to_dict") else dict(opts.teacher_model)
         kwargs = kwargs or student_kwargs
-        return build_model(self.config.model_name, {"loss": opts.loss, **kwargs, **text_vocab(kwargs, opts.tokenizer)})
+        return build_model(self.config.model_name, {"loss": opts.loss, **kwargs, **with_tokenizer_vocab(kwargs, opts.tokenizer)})
 
     def warm_start(self, params, task_state):
         if not self.cfg.init_from:

@@ -27,6 +27,14 @@ def is_public_checkpoint(spec: str) -> bool:
     return spec.partition(":")[0] in IMPORT_FORMATS
 
 
+def load_public(spec: str, abstract: Mapping[str, Any], subtree: str = "", names: tuple[str, ...] = ()) -> dict:
+    """The nested NumPy arrays of public checkpoint `spec` for a model tree of ShapeDtypeStructs `abstract`."""
+    flat = flatten(abstract)
+    loaded = load_for_model(spec, {k: tuple(v.shape) for k, v in flat.items()}, {k: v.dtype for k, v in flat.items()},
+                            subtree, tuple(names))
+    return nest(loaded)
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": x}} -> {"a/b": x}."""
     out = {}

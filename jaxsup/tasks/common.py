@@ -243,8 +243,7 @@ def load_pretrained(spec: str, params: Any, subtree: str = "", names: tuple[str,
         path = check_run_path(spec, "init_from")
         return {**params, **{k: checkpoint.restore_subtree(path, f"{root}/{k}", target=v) for k, v in chosen.items()}}
     flat = convert.flatten(chosen)
-    loaded = convert.load_for_model(spec, {k: tuple(v.shape) for k, v in flat.items()},
-                                    {k: v.dtype for k, v in flat.items()}, subtree, tuple(names))
+    loaded = convert.flatten(convert.load_public(spec, chosen, subtree, tuple(names)))
     placed = {k: jax.device_put(v, flat[k].sharding) for k, v in loaded.items()}
     return {**params, **convert.nest(placed)}
 

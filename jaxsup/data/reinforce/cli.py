@@ -70,6 +70,8 @@ def example_captions(ex: dict[str, Any], captions: str, where: str) -> list[str]
         if not values:
             raise DataError(f"{where}: caption feature {arg!r} holds no captions.")
         return [image_text.as_text(v) for v in values]
+    if "label" not in ex:
+        raise DataError(f"{where}: --captions class needs a 'label' feature; the example has {sorted(ex)}.")
     kw = image_text.parse_kwargs("--captions class", arg, {"templates": "digits_train", "names": "digits"})
     names, label = image_text.resolve_class_names(kw["names"]), int(np.asarray(ex["label"]))
     if not 0 <= label < len(names):

@@ -92,10 +92,7 @@ def restore(teacher: dict[str, Any], abstract: Any) -> Any:
         if set(abstract) != {"params"}:
             raise ConfigError(f"--teacher {teacher['path']!r}: a public checkpoint gives parameters only, but its "
                               f"model also has {sorted(set(abstract) - {'params'})} (e.g. BatchNorm statistics).")
-        flat = convert.flatten(abstract["params"])
-        loaded = convert.load_for_model(teacher["path"], {k: tuple(v.shape) for k, v in flat.items()},
-                                        {k: v.dtype for k, v in flat.items()}, "", ())
-        return {"params": convert.nest(loaded)}
+        return {"params": convert.load_public(teacher["path"], abstract["params"])}
     step = None if teacher["step"] < 0 else teacher["step"]
     return {name: checkpoint.restore_subtree(
         teacher["path"], teacher["params_subtree"] if name == "params" else f"{teacher['state_subtree']}/{name}",

@@ -49,7 +49,7 @@ from jaxsup.data.datasets import shards
 from jaxsup.data.host import randaugment
 from jaxsup.data.host.image_ops import as_channels, crop_resize, example_name, get_image, sample_inception_box
 from jaxsup.data.host.preprocess import RNG_KEY, Example, example_rng, register_op
-from jaxsup.errors import DataError
+from jaxsup.errors import ConfigError, DataError
 
 INFO = "reinforce.json"
 PLAN = "plan.json"
@@ -256,3 +256,13 @@ def replay_dir(ops: Any) -> str:
         if name == "reinforce":
             return arg
     return ""
+
+
+def check_replayed(ops: Any, directory: str, where: str = "config.reinforced") -> dict[str, Any]:
+    """DIR's info when `ops` (config.data.preprocess) replays it with "reinforce:DIR"; ConfigError otherwise."""
+    info = read_info(directory)
+    replayed = replay_dir(ops)
+    if not replayed or os.path.abspath(replayed) != os.path.abspath(directory):
+        raise ConfigError(f"{where}={directory!r} needs config.data.preprocess to replay it with "
+                          f"'reinforce:{directory}' (has {tuple(ops)}).")
+    return info

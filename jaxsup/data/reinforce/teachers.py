@@ -78,9 +78,9 @@ def abstract_outputs(model: Any, kind: str, image_shape: tuple[int, ...]) -> tup
     image = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
     if kind == "clip":
         tokens = jax.ShapeDtypeStruct((1, 4), np.int32)
-        (out, _), variables = jax.eval_shape(
+        (zimg, _, _), variables = jax.eval_shape(
             lambda x, t: model.init_with_output(jax.random.key(0), x, t, train=False), image, tokens)
-        return out[0], variables
+        return zimg, variables
     (logits, _), variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=False),
                                             image)
     return logits, variables

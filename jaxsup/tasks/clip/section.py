@@ -15,5 +15,6 @@ DECLARATION = Declaration(task="clip", reads=("clip",), sections={"clip": dict(
     teacher_model=Field({}, "the teacher's two_tower kwargs ({}: config.model)"),
     kd_weight=Field(0.0, "weight of the logit KD over the batch similarity matrix", NON_NEGATIVE),
     feature_kd_weight=Field(0.0, "weight of the embedding-distance KD", NON_NEGATIVE),
+    contrastive_weight=Field(1.0, "with a teacher: weight of the CLIP loss beside the KD terms", NON_NEGATIVE),
     **contrastive_fields(),
 )})

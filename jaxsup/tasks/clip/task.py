@@ -26,6 +26,16 @@ config.clip fields (defaults in jaxsup.config):
         DistillClipLoss / CLIP-KD), loss += kd_weight * logit KD over the batch similarity
         matrix + feature_kd_weight * embedding distance (jaxsup.losses.clip_kd); both terms
         are logged as "kd_logit" / "kd_feature" whenever a teacher is set
+  contrastive_weight: with a teacher, loss = contrastive_weight * CLIP loss + the KD terms
+        (MobileCLIP's (1 - lambda) * CLIP + lambda * KD: contrastive_weight = 1 - lambda,
+        kd_weight = lambda)
+
+config.reinforced=DIR (a reinforcement of CLIP teachers, replayed by the host op
+`reinforce:DIR`; docs/reinforced.md): the stored teachers' embeddings of the replayed
+crop and caption ("reinforced_zimg" / "reinforced_ztxt" [B, T, E]) and their stored
+log_t replace the online teacher (no teacher forward); the KD terms are averaged over
+the T teachers (jaxsup.tasks.clip.reinforced). Online and stored teachers are
+interchangeable: on the same batch both give the same loss.
 
 predict(batch) outputs (each only when its input is in the batch, so a batch
 with only "tokens" runs only the text tower):
@@ -46,6 +56,7 @@ from jaxsup.losses import clip_kd, contrastive, gradcache
 from jaxsup.microbatch import check_micro_batches
 from jaxsup.models.two_tower import LOSS_TYPES
 from jaxsup.tasks.base import Batch, DataInfo, Task, register_task
+from jaxsup.tasks.clip import reinforced
 from jaxsup.tasks.common import (
     apply_with_state, build_model, check_contrastive_options, load_pretrained, split_variables,
 )
@@ -80,6 +91,13 @@ class Clip(Task):
             )
         self.model = build_model(config.model_name, {**kwargs, "loss": opts.loss, **with_tokenizer_vocab(kwargs, opts.tokenizer)})
         self.teacher = self._teacher_model(kwargs) if opts.teacher else None
+        self.reinforced = config.get("reinforced", "")
+        self.stored_log_t = None
+        if self.reinforced:
+            self.stored_log_t = reinforced.check_reinforced(config, data.example, int(kwargs["embed_dim"]))
+        if float(opts.contrastive_weight) != 1.0 and self.teacher is None and not self.reinforced:
+            raise ConfigError("config.clip.contrastive_weight weighs the CLIP loss against KD: it needs "
+                              "config.clip.teacher or config.reinforced.")
         k = opts.grad_cache_micro_batches
         check_micro_batches(config.batch_size, k, sharding.num_batch_shards(mesh, config.batch_axes),
                             "clip.grad_cache_micro_batches")
@@ -159,19 +177,24 @@ class Clip(Task):
         )
         loss, metrics = contrastive_image_text_loss(zimg, ztxt, out, self.cfg, self.mesh)
         metrics = {**metrics, "t": out["t"]}
-        if self.teacher is not None:
-            t_zimg, t_ztxt, t_out = self.teacher.apply({"params": frozen["teacher"]}, batch["image"], batch["tokens"],
-                                                       train=False)
-            student, teacher = (zimg, ztxt, out["log_t"]), (t_zimg, t_ztxt, t_out["log_t"])
-            metrics["contrastive_loss"] = loss
-            metrics["kd_logit"] = clip_kd.logit_kd(student, teacher)
-            loss = loss + self.cfg.kd_weight * metrics["kd_logit"]
-            if self.cfg.feature_kd_weight or zimg.shape[-1] == t_zimg.shape[-1]:
-                metrics["kd_feature"] = clip_kd.feature_kd(student, teacher)
-                loss = loss + self.cfg.feature_kd_weight * metrics["kd_feature"]
+        teachers = self._teacher_sides(frozen, batch)
+        if teachers:
+            kd, kd_metrics = reinforced.kd_terms((zimg, ztxt, out["log_t"]), teachers, self.cfg)
+            metrics.update(contrastive_loss=loss, **kd_metrics)
+            loss = self.cfg.contrastive_weight * loss + kd
         if "bias" in out:
             metrics["bias"] = out["bias"]
         return loss, (metrics, task_state)
+
+    def _teacher_sides(self, frozen, batch: Batch) -> list[clip_kd.Side]:
+        """The teachers' (zimg [B, E], ztxt [B, E], log_t []): stored (config.reinforced), online, or none."""
+        if self.reinforced:
+            return reinforced.stored_sides(batch, self.stored_log_t)
+        if self.teacher is None:
+            return []
+        t_zimg, t_ztxt, t_out = self.teacher.apply({"params": frozen["teacher"]}, batch["image"], batch["tokens"],
+                                                   train=False)
+        return [(t_zimg, t_ztxt, t_out["log_t"])]
 
     def predict(self, params, task_state, frozen, batch):
         del frozen

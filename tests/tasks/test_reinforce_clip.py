@@ -1,0 +1,139 @@
+"""CLIP students from reinforced shards (configs/clip_digits_reinforced.py, task "clip" with config.reinforced):
+the stored teacher embeddings are the teacher's on the replayed crop and caption, so the stored-target loss
+and gradients equal the online teacher's on the same batch (f32); a student learns from them alone;
+config mistakes are one ConfigError naming them."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxsup import sharding
+from jaxsup.config import load_config
+from jaxsup.data.host import reinforce_store as store
+from jaxsup.data.reinforce import cli as reinforce
+from jaxsup.errors import ConfigError
+from jaxsup.experiment import build_task
+from jaxsup.tasks.clip import reinforced as clip_task_reinforced
+from jaxsup.train import train_and_evaluate
+
+from helpers import ROOT, read_metrics
+from test_reinforce import CROP, digits_ar  # noqa: F401 (session fixture)
+from test_reinforce_training import device_batch, loss_and_grads
+
+TEACHER = dict(image="cnn", image_kwargs=dict(widths=(32, 64), num_classes=None), text="text_transformer",
+               text_kwargs=dict(vocab_size=259, max_len=40, width=32, depth=1, num_heads=2, mlp_dim=64),
+               embed_dim=32, project=True)
+STUDENT_OVERRIDES = {"model.image_kwargs.widths": (16,), "model.text_kwargs.width": 16,
+                     "model.text_kwargs.mlp_dim": 32}
+CAPTIONS = "class:templates=digits_train,names=digits"
+
+
+def quiet(config):
+    for ev in config.evals.values():
+        ev.every = 0
+    return config
+
+
+@pytest.fixture(scope="session")
+def clip_teacher(tmp_path_factory):
+    """configs/clip_digits.py with smaller towers, 150 steps (zero-shot well above chance)."""
+    workdir = str(tmp_path_factory.mktemp("clip_teacher"))
+    config = load_config(os.path.join(ROOT, "configs/clip_digits.py"), {
+        "model": TEACHER, "batch_size": 64, "total_steps": 150, "log_every": 50, "optim.warmup_steps": 20,
+        "checkpoint.every": 150, "checkpoint.async_save": False, "mesh": (("data", 1),)})
+    train_and_evaluate(quiet(config), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def clip_reinforced(digits_ar, clip_teacher, tmp_path_factory):  # noqa: F811
+    out = str(tmp_path_factory.mktemp("clip_reinforced") / "r")
+    spec = reinforce.make_spec(digits_ar, "train", clip_teacher, augmentations=3, crop=CROP, batch_size=64,
+                               captions=CAPTIONS, dtype="float32")
+    reinforce.reinforce(spec, out)
+    return out
+
+
+def clip_config(data, directory, *switches, **overrides):
+    arg = ",".join([f"data={data}", f"reinforced={directory}", *switches])
+    base = {"clip.teacher_model": TEACHER, "model.embed_dim": 32, **STUDENT_OVERRIDES, "batch_size": 32,
+            "total_steps": 4, "log_every": 1, "checkpoint.every": 0, "checkpoint.async_save": False,
+            "mesh": (("data", 1),)}
+    return quiet(load_config(os.path.join(ROOT, f"configs/clip_digits_reinforced.py:{arg}"), {**base, **overrides}))
+
+
+def test_the_store_has_each_teachers_embeddings_and_the_class_captions(clip_reinforced, digits_ar):  # noqa: F811
+    info = store.read_info(clip_reinforced)
+    assert info["kind"] == "clip" and len(info["teacher_scales"]) == 1
+    rec = store.Sidecar(clip_reinforced)[0]
+    assert rec["zimg"].shape == (3, 1, 32) and rec["ztxt"].shape == (len(rec["captions"]), 1, 32)
+    np.testing.assert_allclose(np.linalg.norm(rec["zimg"], axis=-1), 1.0, atol=1e-5)  # unit embeddings
+    assert len(rec["captions"]) == 12 and len(set(rec["captions"])) == 12
+    batch = device_batch(clip_config(digits_ar, clip_reinforced))
+    assert sorted(batch) == ["image", "index", "reinforced_zimg", "reinforced_ztxt", "tokens"]
+    assert batch["reinforced_zimg"].shape == (32, 1, 32) and batch["tokens"].shape == (32, 40)
+
+
+@pytest.mark.parametrize("step, overrides", [
+    (0, {}),
+    (3, {"clip.feature_kd_weight": 0.5}),
+    (1, {"clip.contrastive_weight": 0.0}),
+])
+def test_stored_embeddings_give_the_online_teachers_loss(digits_ar, clip_teacher, clip_reinforced, step,  # noqa: F811
+                                                         overrides):
+    stored = clip_config(digits_ar, clip_reinforced, **overrides)
+    online = clip_config(digits_ar, clip_reinforced, "online", **{"clip.teacher": clip_teacher, **overrides})
+    assert stored.reinforced and not online.reinforced
+    mesh = sharding.make_mesh((("data", 1),))
+    batch = device_batch(stored, step)
+    t_stored, t_online = build_task(stored, mesh), build_task(online, mesh)
+    online_batch = {k: batch[k] for k in ("image", "tokens")}
+    params, task_state = t_stored.init(jax.random.key(1), batch)
+    value_s, grads_s = loss_and_grads(t_stored, params, task_state, batch)
+    value_o, grads_o = loss_and_grads(t_online, params, task_state, online_batch)
+    assert float(value_s) > 0.01
+    np.testing.assert_allclose(float(value_s), float(value_o), rtol=0, atol=1e-6)
+    # the stored embeddings came from teacher batches of other crops: float32 rounding (scaled by exp(log_t) ~ 15),
+    # so the gradients agree to 1e-5 of the leaf's largest (measured: <= 1.3e-6)
+    for g_s, g_o in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_o)):
+        g_s, g_o = np.asarray(g_s), np.asarray(g_o)
+        assert np.abs(g_s - g_o).max() <= 1e-5 * max(1.0, np.abs(g_o).max()), np.abs(g_s - g_o).max()
+    assert t_stored.load_frozen() == {}  # no teacher on the devices
+
+
+def test_a_clip_student_learns_from_stored_embeddings_alone(digits_ar, clip_reinforced, tmp_path):  # noqa: F811
+    config = clip_config(digits_ar, clip_reinforced, **{
+        "total_steps": 300, "log_every": 10, "optim.warmup_steps": 10, "optim.lr": 5e-3, "batch_size": 64,
+        "evals.zero_shot.every": 300, "evals.zero_shot.batch_size": 60})
+    config.evals = {"zero_shot": config.evals.zero_shot}
+    result = train_and_evaluate(config, str(tmp_path / "run"))
+    kd = [r["train/kd_logit"] for r in read_metrics(str(tmp_path / "run")) if "train/kd_logit" in r]
+    assert kd[-1] < 0.6 * kd[0], kd
+    assert result["zero_shot/top1"] > 0.35, result  # 10 classes: chance is 0.1 (measured: 0.57)
+
+
+@pytest.mark.parametrize("overrides, switches, match", [
+    ({"clip.teacher": "/tmp/run"}, (), "are both set"),
+    ({"clip.kd_weight": 0.0}, (), "needs clip.kd_weight or clip.feature_kd_weight"),
+    ({"clip.feature_kd_weight": 1.0, "model.embed_dim": 16}, (), "needs the student's embed_dim"),
+    ({"data.preprocess": ("decode:channels=1", "keep:image")}, (), "needs config.data.preprocess to replay it"),
+    ({"clip.contrastive_weight": 0.5}, ("online",), "needs config.clip.teacher or config.reinforced"),
+])
+def test_config_mistakes_are_one_config_error(digits_ar, clip_reinforced, overrides, switches, match):  # noqa: F811
+    config = clip_config(digits_ar, clip_reinforced, *switches, **overrides)
+    with pytest.raises(ConfigError, match=match):
+        build_task(config, sharding.make_mesh((("data", 1),)))
+
+
+def test_a_classifier_reinforcement_is_refused_by_the_clip_task(digits_ar, clip_reinforced, tmp_path):  # noqa: F811
+    fake = tmp_path / "classifier"
+    fake.mkdir()
+    (fake / store.INFO).write_text(json.dumps({**store.read_info(clip_reinforced), "kind": "classifier"}))
+    config = clip_config(digits_ar, str(fake))
+    example = {k: np.zeros((1, 1, 32), np.float32) for k in clip_task_reinforced.TARGETS}
+    with pytest.raises(ConfigError, match="stores 'classifier' teacher targets"):
+        clip_task_reinforced.check_reinforced(config, example, 32)

@@ -38,13 +38,17 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   ("features": no teacher logits either). fused_impl: "chunked" or
   "reference" (builds the logits; for tests). Same loss and gradients as
   the unfused path; on a mesh that splits the batch it runs per batch shard
-  (shard_map). `predict` (evaluation) still builds logits.
+  (shard_map). `predict` (evaluation) still builds logits. With
+  config.reinforced (below) kind may also be "soft_ce" and fused_teacher must be
+  "logits" (there is no teacher model): KD is the sparse top-k loss through the
+  head's column tiles (jaxsup.losses.topk_kd_fused, tasks/distill/reinforced.py;
+  fused_impl is not read), the label CE its `label_ce_rows`.
 - config.reinforced=DIR (a `python -m jaxsup.data.reinforce` output, replayed
   by the preprocess op "reinforce:DIR"): no teacher forward; KD is the sparse
   top-k KL (jaxsup.losses.topk_kd; kind "soft_ce": its sparse soft CE)
   against the targets stored with the batch, equal to the online teacher's
   loss when k = V. Needs kind "kl" or "soft_ce", augment "none" (the host
-  replays the stored crop), no fused head / ND (docs/reinforced.md).
+  replays the stored crop), no ND; fused_head=True works (above; docs/reinforced.md).
 
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a

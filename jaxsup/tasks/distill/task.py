@@ -38,13 +38,17 @@ Loss (fields of `config.distill`, defaults in `jaxsup.config`):
   ("features": no teacher logits either). fused_impl: "chunked" or
   "reference" (builds the logits; for tests). Same loss and gradients as
   the unfused path; on a mesh that splits the batch it runs per batch shard
-  (shard_map). `predict` (evaluation) still builds logits.
+  (shard_map). `predict` (evaluation) still builds logits. With
+  config.reinforced (below) kind may also be "soft_ce" and fused_teacher must be
+  "logits" (there is no teacher model): KD is the sparse top-k loss through the
+  head's column tiles (jaxsup.losses.topk_kd_fused, tasks/distill/reinforced.py;
+  fused_impl is not read), the label CE its `label_ce_rows`.
 - config.reinforced=DIR (a `python -m jaxsup.data.reinforce` output, replayed
   by the preprocess op "reinforce:DIR"): no teacher forward; KD is the sparse
   top-k KL (jaxsup.losses.topk_kd; kind "soft_ce": its sparse soft CE)
   against the targets stored with the batch, equal to the online teacher's
   loss when k = V. Needs kind "kl" or "soft_ce", augment "none" (the host
-  replays the stored crop), no fused head / ND (docs/reinforced.md).
+  replays the stored crop), no ND; fused_head=True works (above; docs/reinforced.md).
 
 Layout: params = {"student": ..., ["projector": ...]}, task_state =
 {"student": BatchNorm stats or {}}; a distilled student can itself be a
@@ -54,9 +58,7 @@ teacher with params_subtree "params/student", state_subtree
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -67,12 +69,12 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxsup import sharding
-from jaxsup.data.host import reinforce_store
 from jaxsup.errors import ConfigError
 from jaxsup.losses import distill as distill_losses
 from jaxsup.losses.topk_kd import topk_kd_kl, topk_soft_ce
 from jaxsup.losses.fused_linear_kd import fused_linear_kd_ce, linear_head_operands
 from jaxsup.tasks.base import DataInfo, Task, register_task
+from jaxsup.tasks.distill import reinforced as reinforced_lib
 from jaxsup.tasks.common import (
     FrozenModel, abstract_init, apply_with_state, augment_images, build_model, check_augment, labelled_mask,
     leading_slice_count, masked_mean, split_variables,
@@ -97,8 +99,6 @@ def validate_kd_fields(cfg: Any) -> None:
         raise ConfigError(f"distill.kind={cfg.kind!r} is not one of {KD_KINDS}.")
     check_augment(cfg.augment, "distill.augment")
     if cfg.fused_head:
-        if cfg.kind == "soft_ce":
-            raise ConfigError("distill.fused_head=True supports kind kl/rkl/jsd, not 'soft_ce'.")
         if cfg.fused_teacher not in FUSED_TEACHERS:
             raise ConfigError(f"distill.fused_teacher={cfg.fused_teacher!r} is not one of {FUSED_TEACHERS}.")
         if cfg.fused_impl not in FUSED_IMPLS:
@@ -113,29 +113,6 @@ def check_linear_head(params: Any, out: dict, who: str) -> None:
                           "out['pre_logits'] (the registered image models do).")
 
 
-def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, Any]:
-    """The stored teacher's info; ConfigError naming what config.reinforced needs that the config lacks."""
-    cfg, directory = config.distill, config.reinforced
-    info = reinforce_store.read_info(directory)
-    replayed = reinforce_store.replay_dir(config.data.preprocess)
-    if not replayed or os.path.abspath(replayed) != os.path.abspath(directory):
-        raise ConfigError(f"config.reinforced={directory!r} needs config.data.preprocess to replay it with "
-                          f"'reinforce:{directory}' (has {tuple(config.data.preprocess)}).")
-    missing = [k for k in reinforce_store.OUTPUT_KEYS[:3] if k not in example]
-    if missing:
-        raise ConfigError(f"config.reinforced: the train batches lack {missing}: list them in the 'keep:' op.")
-    if cfg.kind not in ("kl", "soft_ce") or cfg.fused_head or float(cfg.nd_lambda) > 0 or cfg.augment != "none":
-        raise ConfigError("config.reinforced needs distill.kind 'kl' or 'soft_ce', augment='none', fused_head=False and "
-                          f"nd_lambda=0; got {cfg.kind!r}, {cfg.augment!r}, {cfg.fused_head}, {cfg.nd_lambda}.")
-    if info["num_classes"] != num_classes:
-        raise ConfigError(f"The stored teacher at {directory!r} has {info['num_classes']} classes, the student "
-                          f"{num_classes}.")
-    if info["topk"] < info["num_classes"] and float(info["temperature"]) != float(cfg.temperature):
-        raise ConfigError(f"distill.temperature={cfg.temperature} but {directory!r} stores the rest at "
-                          f"T = {info['temperature']} (rerun the reinforcement with --temperature).")
-    return info
-
-
 @register_task("distill", section="distill", check=validate_kd_fields)
 class Distill(Task):
     """Student `config.model_name` learns from a frozen teacher restored from a checkpoint."""
@@ -148,8 +125,11 @@ class Distill(Task):
         num_classes = int(s_logits.shape[-1])
         self.reinforced = config.get("reinforced", "")
         if self.reinforced:
-            self.stored = check_reinforced(config, data.example, num_classes)
+            self.stored = reinforced_lib.check_reinforced(config, data.example, num_classes)
         else:
+            if self.cfg.fused_head and self.cfg.kind == "soft_ce":
+                raise ConfigError("distill.fused_head=True supports kind kl/rkl/jsd, not 'soft_ce' "
+                                  "(soft_ce only with config.reinforced).")
             self.teacher = FrozenModel(self.cfg.teacher, images, config.partition_rules)
             self.teacher.check_classes(num_classes, config.model_name)
         self.num_classes = num_classes
@@ -241,7 +221,7 @@ class Distill(Task):
             sparse = topk_kd_kl if cfg.kind == "kl" else topk_soft_ce
             kd = sparse(s_logits, batch["reinforced_logits"], batch["reinforced_indices"],
                         batch["reinforced_lse_rest"], float(cfg.temperature))
-            t_top1, t_out = batch["reinforced_indices"][:, 0], {}
+            t_top1, t_out = reinforced_lib.stored_teacher_top1(batch), {}
         else:
             t_logits, t_out = self.teacher.apply(frozen["teacher"], images)
             kd = kd_term(s_logits, t_logits, cfg.kind, float(cfg.temperature), float(cfg.beta))
@@ -253,12 +233,18 @@ class Distill(Task):
         tops = (jnp.argmax(s_logits, -1), t_top1)
         return loss, {"kd": kd}, ce_rows, tops, s_out, t_out, student_state
 
-    def _fused_terms(self, params, task_state, frozen, images, labels, mask):
+    def _fused_terms(self, params, task_state, frozen, images, labels, mask, batch=None):
         """As `_logit_terms`, from features and head weights (no [B, K] logits)."""
         cfg, alpha = self.cfg, float(self.cfg.alpha)
         (_, s_out), student_state = apply_with_state(self.student_features, params["student"],
                                                      task_state["student"], images, train=True)
         h_s, w_s = linear_head_operands(s_out["pre_logits"], params["student"]["head"])
+        if self.reinforced:  # stored top-k targets: the sparse loss through the head's tiles
+            rows = reinforced_lib.fused_rows_per_shard(self.mesh, self.config.batch_axes, h_s, w_s, batch, labels,
+                                                       kind=cfg.kind, temperature=float(cfg.temperature))
+            tops = (rows.student_top1, reinforced_lib.stored_teacher_top1(batch))
+            loss = reinforced_lib.weighted_loss(rows, mask, alpha)
+            return loss, {"kd": rows.kd.mean()}, rows.ce, tops, s_out, {}, student_state
         if cfg.fused_teacher == "features":
             teacher_vars = frozen["teacher"]
             (_, t_out), _ = apply_with_state(self.teacher_features, teacher_vars["params"],
@@ -307,9 +293,9 @@ class Distill(Task):
         cfg = self.cfg
         images = augment_images(jax.random.fold_in(rng, 0), batch["image"], cfg.augment, cfg.crop_scale)
         labels, mask = self._labels(batch)
-        terms = self._fused_terms if self.fused else functools.partial(self._logit_terms, batch=batch)
+        terms = self._fused_terms if self.fused else self._logit_terms
         loss, metrics, ce_rows, (student_top1, teacher_top1), s_out, t_out, student_state = terms(
-            params, task_state, frozen, images, labels, mask)
+            params, task_state, frozen, images, labels, mask, batch=batch)
         metrics["agreement"] = jnp.mean(student_top1 == teacher_top1)
         classes = teacher_top1
         if labels is not None:

@@ -18,9 +18,14 @@ written by `python -m jaxsup.data.convert` (e.g. CC3M webdataset tars; its
 "caption" feature; retrieval on its "test" split); "runlocal" keeps the model
 family (ViT patch 16 + text transformer), the ring loss, FSDP rules, datasets
 and ops, and shrinks sizes (32 px images, 1-layer towers, batch 16, 4 steps),
-as big_vision's runlocal does (tests run it on tfds.testing.mock_data).
+as big_vision's runlocal does (tests run it on tfds.testing.mock_data);
+"reinforced=DIR" (with "data=DIR"): MobileCLIP-style training from a reinforcement
+of the converted train split (`python -m jaxsup.data.reinforce DATA --teacher RUN
+--crop size=224 --captions feature:caption`): the host replays the stored crops,
+the loss is 0.3 x CLIP + 0.7 x logit KD against the stored teachers' embeddings
+(config.reinforced; docs/reinforced.md).
 """
-from jaxsup.config import base_config, parse_switches, shrink_for_runlocal
+from jaxsup.config import ConfigError, base_config, parse_switches, shrink_for_runlocal
 
 RUNLOCAL_SIZE = 32  # image side under runlocal (two 16-px patches per side)
 
@@ -32,7 +37,9 @@ def image_ops(size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def get_config(arg=None):
-    args = parse_switches(arg, ("runlocal",), valued=("spm", "data"))
+    args = parse_switches(arg, ("runlocal",), valued=("spm", "data", "reinforced"))
+    if "reinforced" in args and "data" not in args:
+        raise ConfigError("The 'reinforced=DIR' switch needs 'data=DIR', the converted dataset it reinforces.")
     caption = "caption" if "data" in args else "captions/text"  # converted data: one caption per record
     size = RUNLOCAL_SIZE if "runlocal" in args else 224
     train_image, eval_image = image_ops(size)
@@ -82,9 +89,19 @@ def get_config(arg=None):
             preprocess=(*eval_image, "label_to_int32", "keep:image,label"),
         ),
     )
+    if "reinforced" in args:
+        use_reinforced(c, args["reinforced"], tokenize)
     if "runlocal" in args:
         shrink_to_runlocal(c, max_len)
     return c
+
+
+def use_reinforced(c, directory: str, tokenize: str):
+    """Train from stored teacher embeddings: replayed crops, the stored caption, MobileCLIP's weights."""
+    c.reinforced = directory
+    c.data.preprocess = (f"reinforce:{directory}", tokenize, "keep:image,tokens,reinforced_zimg,reinforced_ztxt")
+    c.clip.contrastive_weight = 0.3  # MobileCLIP: (1 - lambda) CLIP + lambda KD, lambda = 0.7
+    c.clip.kd_weight = 0.7
 
 
 def shrink_to_runlocal(c, max_len: int):

@@ -137,3 +137,14 @@ def test_a_classifier_reinforcement_is_refused_by_the_clip_task(digits_ar, clip_
     example = {k: np.zeros((1, 1, 32), np.float32) for k in clip_task_reinforced.TARGETS}
     with pytest.raises(ConfigError, match="stores 'classifier' teacher targets"):
         clip_task_reinforced.check_reinforced(config, example, 32)
+
+
+@pytest.mark.parametrize("name, loss", [("clip_vit_b16.py", "softmax"), ("siglip_vit_b16.py", "sigmoid")])
+def test_the_real_scale_configs_take_a_reinforced_switch(name, loss):
+    config = load_config(os.path.join(ROOT, "configs", f"{name}:data=/data/cc3m,reinforced=/data/cc3m/train/r"))
+    assert config.reinforced == "/data/cc3m/train/r" and config.clip.loss == loss
+    assert store.replay_dir(config.data.preprocess) == config.reinforced
+    assert config.data.preprocess[-1] == "keep:image,tokens,reinforced_zimg,reinforced_ztxt"
+    assert (config.clip.contrastive_weight, config.clip.kd_weight) == (0.3, 0.7)
+    with pytest.raises(ConfigError, match="needs 'data=DIR'"):
+        load_config(os.path.join(ROOT, "configs", f"{name}:reinforced=/data/r"))

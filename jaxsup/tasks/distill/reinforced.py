@@ -9,7 +9,6 @@ features and head weights (`jaxsup.losses.topk_kd_fused`: V column tiles, no
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, NamedTuple
 
 import jax
@@ -27,11 +26,10 @@ TARGET_KEYS = ("reinforced_logits", "reinforced_indices", "reinforced_lse_rest")
 def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, Any]:
     """The stored teacher's info; ConfigError naming what config.reinforced needs that the config lacks."""
     cfg, directory = config.distill, config.reinforced
-    info = reinforce_store.read_info(directory)
-    replayed = reinforce_store.replay_dir(config.data.preprocess)
-    if not replayed or os.path.abspath(replayed) != os.path.abspath(directory):
-        raise ConfigError(f"config.reinforced={directory!r} needs config.data.preprocess to replay it with "
-                          f"'reinforce:{directory}' (has {tuple(config.data.preprocess)}).")
+    info = reinforce_store.check_replayed(config.data.preprocess, directory)
+    if info.get("kind", "classifier") != "classifier":
+        raise ConfigError(f"config.reinforced={directory!r} stores {info['kind']!r} teacher embeddings, not "
+                          "classifier logits: train it with task 'clip'.")
     missing = [k for k in reinforce_store.OUTPUT_KEYS[:3] if k not in example]
     if missing:
         raise ConfigError(f"config.reinforced: the train batches lack {missing}: list them in the 'keep:' op.")

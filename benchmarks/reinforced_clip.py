@@ -18,6 +18,8 @@ replayed crops and captions), on one batch, interleaved; per repeat the median w
 process-CPU ms per step; the ratio online / reinforced per repeat (median, min, max), the XLA
 FLOPs of both steps and of the teacher's and the student's forward. One JSON line.
 
+table: the docs/reinforced.md rows from the JSON of `time` and `seeds` (--time FILE --seeds-json FILE).
+
 seeds: the student trained per seed from the stored embeddings, from the online teacher,
 and with the CLIP loss alone (no teacher); test zero-shot top-1 (held-out templates),
 mean and std over seeds, and the teacher's. One JSON line.
@@ -117,9 +119,29 @@ def seeds(args) -> dict:
     return report
 
 
+def table(args) -> str:
+    """Markdown rows of docs/reinforced.md from the saved JSON of `time` and `seeds`."""
+    with open(args.time) as f:
+        t = json.load(f)
+    with open(args.seeds_json) as f:
+        s = json.load(f)
+    speed = (f"| {t['teacher_over_student_flops']:.1f} | {t['batch']} | {t['online_ms']:.1f} ({t['online_cpu_ms']:.1f}) | "
+             f"{t['reinforced_ms']:.1f} ({t['reinforced_cpu_ms']:.1f}) | {t['online_over_reinforced_wall']:.2f}× "
+             f"({t['online_over_reinforced_wall_min']:.2f}–{t['online_over_reinforced_wall_max']:.2f}) | "
+             f"{t['online_over_reinforced_cpu']:.2f}× ({t['online_over_reinforced_cpu_min']:.2f}–"
+             f"{t['online_over_reinforced_cpu_max']:.2f}) |")
+    names = {"reinforced": "stored embeddings", "online": "online teacher (same crops)", "clip": "CLIP loss alone"}
+    rows = [f"| {names[m]} | {100 * s[f'{m}_zero_shot_mean']:.1f} ± {100 * s[f'{m}_zero_shot_std']:.1f} % |"
+            for m in names]
+    return "\n".join([speed, "", *rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("table")
+    p.add_argument("--time", required=True)
+    p.add_argument("--seeds-json", required=True)
     for name in ("reinforce", "time", "seeds"):
         p = sub.add_parser(name)
         p.add_argument("--data", required=True)
@@ -130,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        print(table(args))
+        return 0
     run = {"reinforce": run_reinforce, "time": time_online_vs_stored, "seeds": seeds}[args.command]
     print(json.dumps(run(args)))
     return 0

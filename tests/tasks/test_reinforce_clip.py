@@ -22,7 +22,7 @@ from jaxsup.train import train_and_evaluate
 
 from helpers import ROOT, read_metrics
 from test_reinforce import CROP, digits_ar  # noqa: F401 (session fixture)
-from test_reinforce_training import device_batch, loss_and_grads
+from test_reinforce_training import assert_resumed_run_equals_straight, device_batch, loss_and_grads
 
 TEACHER = dict(image="cnn", image_kwargs=dict(widths=(32, 64), num_classes=None), text="text_transformer",
                text_kwargs=dict(vocab_size=259, max_len=40, width=32, depth=1, num_heads=2, mlp_dim=64),
@@ -148,3 +148,9 @@ def test_the_real_scale_configs_take_a_reinforced_switch(name, loss):
     assert (config.clip.contrastive_weight, config.clip.kd_weight) == (0.3, 0.7)
     with pytest.raises(ConfigError, match="needs 'data=DIR'"):
         load_config(os.path.join(ROOT, "configs", f"{name}:reinforced=/data/r"))
+
+
+def test_a_clip_run_resumed_from_a_mid_run_checkpoint_equals_a_straight_one(digits_ar, clip_reinforced,  # noqa: F811
+                                                                            tmp_path, caplog):
+    assert_resumed_run_equals_straight(
+        lambda: clip_config(digits_ar, clip_reinforced, **{"total_steps": 10, "checkpoint.every": 5}), tmp_path, caplog)

@@ -110,21 +110,25 @@ def test_stored_batch_has_the_targets_and_no_labels(digits_ar, reinforced_full):
     assert batch["image"].dtype == jnp.float32 and batch["reinforced_logits"].shape == (32, 10)
 
 
-def test_a_run_resumed_from_a_mid_run_checkpoint_equals_a_straight_one(digits_ar, reinforced_full,  # noqa: F811
-                                                                       tmp_path, caplog):
+def assert_resumed_run_equals_straight(make_config, tmp_path, caplog) -> None:
     """Straight 10 steps vs. the same run cut after its step-5 checkpoint (as a kill leaves it) and resumed:
     the replayed augmentations and stored targets of steps 6..10 are the same, so are the params, bit for bit."""
     import shutil
 
     from helpers import restored_params, train_losses
 
-    config = kd_config(digits_ar, reinforced_full, **{"total_steps": 10, "checkpoint.every": 5})
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train_and_evaluate(config, straight)
+    train_and_evaluate(make_config(), straight)
     shutil.copytree(straight, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "10"))
     with caplog.at_level("INFO", logger="jaxsup"):
-        train_and_evaluate(kd_config(digits_ar, reinforced_full, **{"total_steps": 10, "checkpoint.every": 5}), resumed)
+        train_and_evaluate(make_config(), resumed)
     assert "at step 5." in caplog.text  # it resumed (a restart from 0 would also end equal)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), restored_params(straight), restored_params(resumed))
     assert train_losses(straight)[10] == train_losses(resumed)[10]
+
+
+def test_a_run_resumed_from_a_mid_run_checkpoint_equals_a_straight_one(digits_ar, reinforced_full,  # noqa: F811
+                                                                       tmp_path, caplog):
+    assert_resumed_run_equals_straight(
+        lambda: kd_config(digits_ar, reinforced_full, **{"total_steps": 10, "checkpoint.every": 5}), tmp_path, caplog)

@@ -94,7 +94,7 @@ class Clip(Task):
         self.reinforced = config.get("reinforced", "")
         self.stored_log_t = None
         if self.reinforced:
-            self.stored_log_t = reinforced.check_reinforced(config, data.example, int(kwargs["embed_dim"]))
+            self.stored_log_t = reinforced.check_reinforced(config, data.example, int(self.model.embed_dim))
         if float(opts.contrastive_weight) != 1.0 and self.teacher is None and not self.reinforced:
             raise ConfigError("config.clip.contrastive_weight weighs the CLIP loss against KD: it needs "
                               "config.clip.teacher or config.reinforced.")

@@ -37,24 +37,31 @@ def quiet(config):
     return config
 
 
-@pytest.fixture(scope="session")
-def clip_teacher(tmp_path_factory):
-    """configs/clip_digits.py with smaller towers, 150 steps (zero-shot well above chance)."""
-    workdir = str(tmp_path_factory.mktemp("clip_teacher"))
+def train_teacher(workdir: str, steps: int, loss: str = "softmax") -> str:
+    """configs/clip_digits.py with smaller towers (TEACHER) and `loss`, trained for `steps`."""
     config = load_config(os.path.join(ROOT, "configs/clip_digits.py"), {
-        "model": TEACHER, "batch_size": 64, "total_steps": 150, "log_every": 50, "optim.warmup_steps": 20,
-        "checkpoint.every": 150, "checkpoint.async_save": False, "mesh": (("data", 1),)})
+        "model": TEACHER, "clip.loss": loss, "batch_size": 64, "total_steps": steps, "log_every": 50,
+        "optim.warmup_steps": 20, "checkpoint.every": steps, "checkpoint.async_save": False, "mesh": (("data", 1),)})
     train_and_evaluate(quiet(config), workdir)
     return workdir
 
 
-@pytest.fixture(scope="session")
-def clip_reinforced(digits_ar, clip_teacher, tmp_path_factory):  # noqa: F811
-    out = str(tmp_path_factory.mktemp("clip_reinforced") / "r")
-    spec = reinforce.make_spec(digits_ar, "train", clip_teacher, augmentations=3, crop=CROP, batch_size=64,
+def reinforce_with(digits_ar, teacher: str, out: str) -> str:  # noqa: F811
+    spec = reinforce.make_spec(digits_ar, "train", teacher, augmentations=3, crop=CROP, batch_size=64,
                                captions=CAPTIONS, dtype="float32")
     reinforce.reinforce(spec, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def clip_teacher(tmp_path_factory):
+    """150 steps: zero-shot well above chance."""
+    return train_teacher(str(tmp_path_factory.mktemp("clip_teacher")), 150)
+
+
+@pytest.fixture(scope="session")
+def clip_reinforced(digits_ar, clip_teacher, tmp_path_factory):  # noqa: F811
+    return reinforce_with(digits_ar, clip_teacher, str(tmp_path_factory.mktemp("clip_reinforced") / "r"))
 
 
 def clip_config(data, directory, *switches, **overrides):
@@ -89,6 +96,16 @@ def test_stored_embeddings_give_the_online_teachers_loss(digits_ar, clip_teacher
     # the stored embeddings came from teacher batches of other crops: float32 rounding (scaled by exp(log_t) ~ 15),
     # so the gradients agree to 1e-5 of the leaf's largest (measured: <= 1.3e-6)
     assert_stored_equals_online(stored, online, step, ("image", "tokens"), grad_scale=1e-5)
+
+
+def test_a_siglip_student_from_a_siglip_teachers_store_gets_the_online_loss(digits_ar, tmp_path):  # noqa: F811
+    teacher = train_teacher(str(tmp_path / "siglip_teacher"), 20, loss="sigmoid")
+    directory = reinforce_with(digits_ar, teacher, str(tmp_path / "r"))
+    assert set(store.read_info(directory)["teacher_scales"][0]) == {"log_t", "bias"}
+    sigmoid = {"clip.loss": "sigmoid", "clip.feature_kd_weight": 0.5}
+    stored = clip_config(digits_ar, directory, **sigmoid)
+    online = clip_config(digits_ar, directory, "online", **{"clip.teacher": teacher, **sigmoid})
+    assert_stored_equals_online(stored, online, 2, ("image", "tokens"), grad_scale=1e-5)
 
 
 def test_a_clip_student_learns_from_stored_embeddings_alone(digits_ar, clip_reinforced, tmp_path):  # noqa: F811

@@ -36,7 +36,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from jaxsup import sharding
+from jaxsup import metrics, sharding
 from jaxsup.config import load_config
 from jaxsup.data.reinforce import cli as reinforce
 from jaxsup.experiment import build_task
@@ -72,8 +72,7 @@ def run_reinforce(args) -> dict:
 
 def tower_flops(model, variables, images, tokens) -> float:
     compiled = jax.jit(lambda v, x, t: model.apply(v, x, t, train=False)).lower(variables, images, tokens).compile()
-    cost = compiled.cost_analysis()
-    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    return metrics.compiled_stats(compiled)["flops_per_device"]
 
 
 def time_online_vs_stored(args) -> dict:

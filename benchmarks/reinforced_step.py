@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxsup import checkpoint, sharding
+from jaxsup import checkpoint, metrics, sharding
 from jaxsup.config import load_config
 from jaxsup.data.loader import batching
 from jaxsup.data.convert import cli as convert
@@ -82,8 +82,7 @@ def config_for(data: str, directory: str, teacher: str, online: bool, **override
 
 def forward_flops(model, params, images) -> float:
     compiled = jax.jit(lambda p, x: model.apply(p, x, train=False)).lower(params, images).compile()
-    cost = compiled.cost_analysis()
-    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    return metrics.compiled_stats(compiled)["flops_per_device"]
 
 
 def time_online_vs_stored(args) -> dict:

@@ -56,6 +56,8 @@ PLAN = "plan.json"
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 OUTPUT_KEYS = ("reinforced_logits", "reinforced_indices", "reinforced_lse_rest", "reinforced_choice")
 CLIP_OUTPUT_KEYS = ("reinforced_zimg", "reinforced_ztxt", "reinforced_choice")  # and "text"
+CLASSIFIER_TARGETS = OUTPUT_KEYS[:3]  # what a KD loss reads
+CLIP_TARGETS = CLIP_OUTPUT_KEYS[:2]
 AUGMENT_KEYS = ("box", "flip", "ra_ops", "ra_mag")
 
 

@@ -18,7 +18,7 @@ from jaxsup.data.host import reinforce_store
 from jaxsup.errors import ConfigError
 from jaxsup.losses import clip_kd
 
-TARGETS = ("reinforced_zimg", "reinforced_ztxt")
+TARGETS = reinforce_store.CLIP_TARGETS
 
 
 def check_reinforced(config: Any, example: dict[str, Any], embed_dim: int) -> jax.Array:

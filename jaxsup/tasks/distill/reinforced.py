@@ -8,7 +8,6 @@ features and head weights (`jaxsup.losses.topk_kd_fused`: V column tiles, no
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +19,7 @@ from jaxsup.errors import ConfigError
 from jaxsup.losses.topk_kd_fused import label_ce_rows, topk_kd_fused_rows
 from jaxsup.tasks.common import masked_mean
 
-TARGET_KEYS = ("reinforced_logits", "reinforced_indices", "reinforced_lse_rest")
+TARGET_KEYS = reinforce_store.CLASSIFIER_TARGETS
 
 
 def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, Any]:
@@ -30,7 +29,7 @@ def check_reinforced(config: Any, example: dict, num_classes: int) -> dict[str, 
     if info.get("kind", "classifier") != "classifier":
         raise ConfigError(f"config.reinforced={directory!r} stores {info['kind']!r} teacher embeddings, not "
                           "classifier logits: train it with task 'clip'.")
-    missing = [k for k in reinforce_store.OUTPUT_KEYS[:3] if k not in example]
+    missing = [k for k in TARGET_KEYS if k not in example]
     if missing:
         raise ConfigError(f"config.reinforced: the train batches lack {missing}: list them in the 'keep:' op.")
     if cfg.kind not in ("kl", "soft_ce") or float(cfg.nd_lambda) > 0 or cfg.augment != "none":
@@ -71,15 +70,14 @@ def fused_rows_per_shard(mesh, batch_axes, h: jax.Array, w: jax.Array, batch: di
     rows stay sharded, W replicated and its gradient summed by the transpose), so each device scans
     the head's tiles for its own rows only instead of GSPMD gathering the batch."""
     targets = {k: batch[k] for k in TARGET_KEYS}
-    axes = sharding.data_axes(mesh, batch_axes)
-    if math.prod(mesh.shape[a] for a in axes) == 1:
+    if sharding.num_batch_shards(mesh, batch_axes) == 1:
         return fused_rows(h, w, targets, labels, **kw)
 
     def per_shard(h, w, targets, *label):
         rows = fused_rows(h, w, targets, label[0] if label else None, **kw)
         return tuple(r for r in rows if r is not None)
 
-    rows_spec = P(axes)
+    rows_spec = P(sharding.data_axes(mesh, batch_axes))
     args = (h, w, targets) + (() if labels is None else (labels,))
     in_specs = (rows_spec, P(), {k: rows_spec for k in TARGET_KEYS}) + (rows_spec,) * (len(args) - 3)
     out = jax.shard_map(per_shard, mesh=mesh, in_specs=in_specs, out_specs=(rows_spec,) * (len(args) - 1),

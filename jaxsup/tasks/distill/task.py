@@ -58,7 +58,6 @@ teacher with params_subtree "params/student", state_subtree
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -275,7 +274,7 @@ class Distill(Task):
 
         args = (h_s, w_s, teacher, labels, kd_weights) + (() if ce_weights is None else (ce_weights,))
         axes = sharding.data_axes(self.mesh, self.config.batch_axes)
-        if math.prod(self.mesh.shape[a] for a in axes) == 1:
+        if sharding.num_batch_shards(self.mesh, self.config.batch_axes) == 1:
             return loss(*args)
 
         def per_shard(*shard_args):
